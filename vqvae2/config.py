@@ -1,0 +1,103 @@
+"""Dataclass configs of the models, with strict loading from plain dicts (JSON/TOML)."""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, Type, TypeVar
+
+T = TypeVar("T")
+
+
+def level_names(n_levels: int) -> list[str]:
+    """Names of the levels, top (coarsest) first: top/bottom, top/middle/bottom, level0..levelN."""
+    if n_levels < 1:
+        raise ValueError(f"a VQ-VAE needs at least one level, got {n_levels}")
+    if n_levels == 1:
+        return ["bottom"]
+    if n_levels == 2:
+        return ["top", "bottom"]
+    if n_levels == 3:
+        return ["top", "middle", "bottom"]
+    return [f"level{i}" for i in range(n_levels)]
+
+
+def unknown_key_error(key: str, valid: list[str], where: str) -> ValueError:
+    near = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(repr(n) for n in near)}?" if near else ""
+    return ValueError(f"unknown key {where}{key!r}{hint} (valid keys: {', '.join(sorted(valid))})")
+
+
+def from_dict(cls: Type[T], data: dict[str, Any], where: str = "") -> T:
+    """Build dataclass `cls` from `data`; unknown keys are an error naming the nearest valid keys."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            raise unknown_key_error(key, names, where)
+    return cls(**data)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ValueError(msg)
+
+
+@dataclass
+class VQVAEConfig:
+    """A hierarchical VQ-VAE. `strides` lists each level's downsampling factor, top first:
+    the bottom level downsamples the image by strides[-1], each level above downsamples the
+    level below it by its own stride. [4, 2] with 256-px images gives 32x32 top, 64x64 bottom codes."""
+
+    in_channels: int = 3
+    image_size: int = 32
+    channels: int = 128  # hidden width of the encoders and decoders
+    res_channels: int = 64  # bottleneck width inside residual blocks
+    n_res_blocks: int = 2
+    embed_dim: int = 64  # dimension of a code vector
+    codebook_size: int = 512  # codes per level (stored as uint16 on disk)
+    strides: list[int] = field(default_factory=lambda: [2, 4])
+    beta: float = 0.25  # commitment cost
+    decay: float = 0.99  # EMA decay of the codebooks
+    eps: float = 1e-5  # Laplace smoothing of the EMA counts
+    dead_code_threshold: float = 1.0  # EMA count below which a code is restarted
+    init: str = "kmeans"  # data-dependent codebook init: "kmeans", "sample" or "none"
+
+    def __post_init__(self) -> None:
+        self.strides = [int(s) for s in self.strides]
+        for name in ("in_channels", "image_size", "channels", "res_channels", "n_res_blocks", "embed_dim"):
+            _check(getattr(self, name) >= 1, f"vqvae.{name} must be >= 1, got {getattr(self, name)}")
+        _check(2 <= self.codebook_size <= 65535,
+               f"vqvae.codebook_size must be in [2, 65535] (codes are stored as uint16), got {self.codebook_size}")
+        _check(len(self.strides) >= 1, "vqvae.strides needs at least one level")
+        for s in self.strides:
+            _check(s >= 2 and (s & (s - 1)) == 0, f"vqvae.strides must be powers of two >= 2, got {self.strides}")
+        total = 1
+        for s in self.strides:
+            total *= s
+        _check(self.image_size % total == 0,
+               f"vqvae.strides {self.strides} (total downsampling {total}) do not divide "
+               f"vqvae.image_size {self.image_size}")
+        _check(0.0 < self.decay < 1.0, f"vqvae.decay must be in (0, 1), got {self.decay}")
+        _check(self.beta >= 0, f"vqvae.beta must be >= 0, got {self.beta}")
+        _check(self.init in ("kmeans", "sample", "none"),
+               f"vqvae.init must be 'kmeans', 'sample' or 'none', got {self.init!r}")
+
+    @property
+    def n_levels(self) -> int:
+        return len(self.strides)
+
+    @property
+    def levels(self) -> list[str]:
+        return level_names(self.n_levels)
+
+    def grid_sizes(self) -> list[int]:
+        """Side of each level's code grid, top first."""
+        sizes, size = [], self.image_size
+        for s in reversed(self.strides):
+            size //= s
+            sizes.append(size)
+        return sizes[::-1]
