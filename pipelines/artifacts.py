@@ -1,0 +1,251 @@
+"""The run directory: paths, atomic writes, hashes, and pickle-free training state.
+
+Every file goes to a temporary name in its own directory and is renamed into place, so an
+interrupted stage never leaves a half-written artefact that a later stage would read.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from vqvae2.pretrained import load_weights
+
+
+# atomic writes
+
+def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
+    """Calls write(tmp_path) for a temporary file beside `path`, fsyncs it, renames it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    text = json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n"
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.integer, np.floating)):
+        return o.item()
+    if isinstance(o, torch.Tensor):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"cannot write {type(o).__name__} to JSON")
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); delete it and re-run the stage that writes it") from e
+
+
+def save_npy(path: str | Path, array: np.ndarray) -> Path:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, array, allow_pickle=False)
+    return atomic_write(path, write)
+
+
+def load_npy(path: str | Path, mmap: bool = False) -> np.ndarray:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise ValueError(f"{path} is truncated or not a .npy array ({e}); re-run the stage that writes it") from e
+
+
+def save_npz(path: str | Path, **arrays: np.ndarray) -> Path:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+    return atomic_write(path, write)
+
+
+def save_png(path: str | Path, image) -> Path:
+    """image: a PIL image."""
+    def write(tmp: str) -> None:
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        Path(tmp).write_bytes(buf.getvalue())
+    return atomic_write(path, write)
+
+
+def append_jsonl(path: str | Path, record: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(record, default=_json_default) + "\n")
+
+
+def truncate_jsonl(path: str | Path, max_step: int) -> None:
+    """Drops logged lines past `max_step` (after resuming from an earlier state)."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= max_step:
+                keep.append(line)
+        except json.JSONDecodeError:
+            break  # a line cut by a kill: everything after it is gone
+    atomic_write(path, lambda tmp: Path(tmp).write_text("".join(l + "\n" for l in keep)))
+
+
+# hashes
+
+def hash_config(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=_json_default).encode()).hexdigest()[:16]
+
+
+def hash_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+# resumable training state, without pickle
+
+def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for pid, state in sd["state"].items():
+        for name, value in state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{pid}.{name}"] = value.detach().contiguous().cpu()
+            else:
+                scalars[f"{pid}.{name}"] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict] = {}
+    for key, value in list(tensors.items()) + list(meta["scalars"].items()):
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_training_state(directory: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                        progress: dict, ema_model: torch.nn.Module | None = None) -> None:
+    """Writes state/ as a whole: a new directory is filled and then swapped in, so a kill at any
+    moment leaves either the previous complete state or the new one."""
+    directory = Path(directory)
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+    if ema_model is not None:
+        save_file({k: v.detach().contiguous().cpu() for k, v in ema_model.state_dict().items()},
+                  str(tmp / "ema.safetensors"))
+    opt_tensors, opt_meta = _flatten_optimizer(optimizer)
+    save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+    (tmp / "optimizer.json").write_text(json.dumps(opt_meta))
+    save_file({"cpu": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
+    (tmp / "progress.json").write_text(json.dumps(progress))  # written last: marks the state complete
+    for f in tmp.iterdir():
+        with open(f, "rb+") as fh:
+            os.fsync(fh.fileno())
+    old = directory.with_name(directory.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if directory.exists():
+        os.replace(directory, old)
+    os.replace(tmp, directory)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def find_training_state(directory: str | Path) -> Path | None:
+    """The newest complete state: state/ or, if a kill hit between the two renames, state.old/."""
+    directory = Path(directory)
+    for d in (directory, directory.with_name(directory.name + ".old")):
+        if (d / "progress.json").is_file():
+            return d
+    return None
+
+
+def load_training_state(directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                        ema_model: torch.nn.Module | None = None) -> dict:
+    model.load_state_dict(load_weights(directory / "model.safetensors"))
+    if ema_model is not None and (directory / "ema.safetensors").is_file():
+        ema_model.load_state_dict(load_weights(directory / "ema.safetensors"))
+    meta = read_json(directory / "optimizer.json")
+    optimizer.load_state_dict(_unflatten_optimizer(load_weights(directory / "optimizer.safetensors"), meta))
+    torch.set_rng_state(load_weights(directory / "rng.safetensors")["cpu"])
+    return read_json(directory / "progress.json")
+
+
+# the run directory
+
+class RunDir:
+    """Paths of a run directory (see DESIGN.md, "Run directory")."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.json"
+
+    @property
+    def vqvae(self) -> Path:
+        return self.root / "vqvae"
+
+    @property
+    def codes(self) -> Path:
+        return self.root / "codes"
+
+    def prior(self, level: str) -> Path:
+        return self.root / f"prior-{level}"
+
+    @property
+    def samples(self) -> Path:
+        return self.root / "samples"
+
+    @property
+    def classifier(self) -> Path:
+        return self.root / "classifier"
+
+    @property
+    def eval(self) -> Path:
+        return self.root / "eval"
+
+    def stage_hash(self, stage_dir: Path) -> str | None:
+        """The config hash recorded by a finished stage, or None when it has not finished."""
+        path = stage_dir / "metrics.json"
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text()).get("config_hash")
+        except json.JSONDecodeError:
+            return None

@@ -1,0 +1,149 @@
+"""The `vqvae2` command. Every subcommand also runs as `accelerate launch -m pipelines.cli ...`."""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+from .artifacts import RunDir, read_json, write_json
+from .config import PipelineConfig, apply_override, config_from_dict, preset_names, resolve_config
+
+
+def load_run_config(run: RunDir, preset: str | None, overrides: list[str]) -> PipelineConfig:
+    """The run's configuration: the preset (+ overrides) when given, else RUN/config.json (+ overrides).
+    The resolved configuration is written back to RUN/config.json."""
+    if preset:
+        cfg = resolve_config(preset, overrides)
+    elif run.config.is_file():
+        data = read_json(run.config)
+        for assignment in overrides:
+            apply_override(data, assignment)
+        try:
+            cfg = config_from_dict(data)
+        except ValueError as e:
+            raise ValueError(f"{run.config}: {e}") from e
+    else:
+        raise ValueError(f"{run.config} does not exist: pass --preset (one of {preset_names()}) "
+                         f"or run `vqvae2 train-vqvae --preset ... --run-dir {run.root}` first")
+    if _is_main_process():
+        write_json(run.config, cfg.to_dict())
+    return cfg
+
+
+def _is_main_process() -> bool:
+    from accelerate import PartialState
+    return PartialState().is_main_process
+
+
+def _add_common(p: argparse.ArgumentParser, preset: bool = True) -> None:
+    p.add_argument("--run-dir", required=True, type=Path, help="the run directory (created if missing)")
+    if preset:
+        p.add_argument("--preset", help=f"a preset name ({', '.join(preset_names())}) or a .toml file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set train_vqvae.steps=200 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vqvae2", description="VQ-VAE-2 pipeline: train, sample, evaluate.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run every stage, skipping the ones already done for this config")
+    _add_common(p)
+    p.add_argument("--force", action="store_true", help="redo every stage")
+    p.add_argument("--until", help="stop after this stage (vqvae, codes, priors, samples, classifier, eval)")
+
+    p = sub.add_parser("train-vqvae", help="stage 1: train the hierarchical VQ-VAE")
+    _add_common(p)
+    p.add_argument("--force", action="store_true", help="start again, discarding vqvae/ (state included)")
+
+    p = sub.add_parser("extract-codes", help="encode the train and validation splits into codes/")
+    _add_common(p, preset=False)
+
+    p = sub.add_parser("train-prior", help="stage 2: train the PixelSNAIL prior of one level")
+    _add_common(p, preset=False)
+    p.add_argument("--level", required=True, help="top, bottom, middle or levelN")
+    p.add_argument("--force", action="store_true")
+
+    p = sub.add_parser("sample", help="sample images top-down from the priors")
+    _add_common(p, preset=False)
+    p.add_argument("--n", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--class", dest="class_label", type=int, help="class index for class-conditional priors")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--sampler", choices=["cached", "reference"])
+    p.add_argument("--png-dir", type=Path, help="also write one PNG per image here")
+
+    p = sub.add_parser("train-classifier", help="train the domain classifier (rejection sampling, FD-domain)")
+    _add_common(p, preset=False)
+    p.add_argument("--force", action="store_true")
+
+    p = sub.add_parser("evaluate", help="rejection sampling + FD/KID/IS/precision-recall report")
+    _add_common(p, preset=False)
+    p.add_argument("--feature-extractor", choices=["domain", "inception"])
+    p.add_argument("--inception-weights", type=Path)
+    p.add_argument("--n-samples", type=int)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    run = RunDir(args.run_dir)
+    try:
+        return _dispatch(args, run)
+    except KeyboardInterrupt as e:
+        print(f"vqvae2: interrupted: {e}", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError) as e:
+        print(f"vqvae2 {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args, run: RunDir) -> int:
+    from . import run as pipeline
+
+    overrides = list(args.overrides)
+    if args.command == "sample":
+        for key, name in (("n", "n"), ("batch_size", "batch_size"), ("temperature", "temperature"),
+                          ("top_k", "top_k"), ("class_label", "class_label"), ("seed", "seed"), ("sampler", "sampler")):
+            value = getattr(args, key)
+            if value is not None:
+                overrides.append(f"sample.{name}={value!r}" if isinstance(value, str) else f"sample.{name}={value}")
+    if args.command == "evaluate":
+        if args.feature_extractor:
+            overrides.append(f"eval.feature_extractor='{args.feature_extractor}'")
+        if args.inception_weights:
+            overrides.append(f"eval.inception_weights='{args.inception_weights}'")
+        if args.n_samples is not None:
+            overrides.append(f"eval.n_samples={args.n_samples}")
+    cfg = load_run_config(run, getattr(args, "preset", None), overrides)
+
+    if args.command == "run":
+        pipeline.run_all(cfg, run, force=args.force, until=args.until)
+    elif args.command == "train-vqvae":
+        if args.force:
+            shutil.rmtree(run.vqvae, ignore_errors=True)
+        pipeline.stage_vqvae(cfg, run)
+    elif args.command == "extract-codes":
+        pipeline.stage_codes(cfg, run)
+    elif args.command == "train-prior":
+        if args.level not in cfg.vqvae.levels:
+            raise ValueError(f"--level {args.level!r}: the VQ-VAE's levels are {cfg.vqvae.levels}")
+        if args.force:
+            shutil.rmtree(run.prior(args.level), ignore_errors=True)
+        pipeline.stage_prior(cfg, run, args.level)
+    elif args.command == "sample":
+        pipeline.stage_sample(cfg, run, png_dir=args.png_dir)
+    elif args.command == "train-classifier":
+        if args.force:
+            shutil.rmtree(run.classifier, ignore_errors=True)
+        pipeline.stage_classifier(cfg, run)
+    elif args.command == "evaluate":
+        pipeline.stage_eval(cfg, run)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

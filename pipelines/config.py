@@ -1,0 +1,195 @@
+"""The whole pipeline's configuration: TOML presets, `--set key=value` overrides, validation."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from vqvae2.config import VQVAEConfig, from_dict, to_dict, unknown_key_error
+
+from .data import DataConfig
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ValueError(msg)
+
+
+@dataclass
+class TrainConfig:
+    """Budget and optimiser of one training stage."""
+
+    steps: int = 1000
+    batch_size: int = 64
+    lr: float = 3e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.0
+    grad_accum: int = 1
+    grad_clip: float = 1.0  # max grad norm; 0 disables
+    mixed_precision: str = "bf16"  # "no", "bf16" or "fp16" (fp16 needs a GPU)
+    ema_decay: float = 0.0  # Polyak averaging of the weights (priors); 0 disables
+    log_every: int = 50
+    save_every: int = 500
+    seed: int = 0
+    num_workers: int = 0
+    val_batches: int = 0  # 0 = the whole validation split
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "grad_accum", "log_every", "save_every"):
+            _check(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("lr", "warmup_steps", "weight_decay", "grad_clip", "num_workers", "val_batches"):
+            _check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
+        _check(0 <= self.ema_decay < 1, f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        _check(self.mixed_precision in ("no", "bf16", "fp16"),
+               f"mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
+
+
+@dataclass
+class SampleConfig:
+    n: int = 64
+    batch_size: int = 64
+    temperature: float = 1.0
+    top_k: int = 0  # 0 = no top-k filtering
+    seed: int = 0
+    sampler: str = "cached"  # "cached" or "reference"
+    class_label: int = -1  # -1 = spread samples over all classes (labelled data) or unconditional
+
+    def __post_init__(self) -> None:
+        _check(self.n >= 1, f"sample.n must be >= 1, got {self.n}")
+        _check(self.batch_size >= 1, f"sample.batch_size must be >= 1, got {self.batch_size}")
+        _check(self.temperature > 0, f"sample.temperature must be > 0, got {self.temperature}")
+        _check(self.top_k >= 0, f"sample.top_k must be >= 0, got {self.top_k}")
+        _check(self.sampler in ("cached", "reference"), f"sample.sampler must be 'cached' or 'reference', got {self.sampler!r}")
+
+
+@dataclass
+class EvalConfig:
+    n_samples: int = 1000
+    n_real: int = 0  # 0 = the whole validation split
+    acceptance_rates: list[float] = field(default_factory=lambda: [1.0, 0.5, 0.25, 0.1])
+    feature_extractor: str = "domain"  # "domain" or "inception"
+    inception_weights: str = ""
+    kid_subset_size: int = 1000
+    batch_size: int = 256
+    seed: int = 0
+    temperature: float = 1.0
+    rejection_classifier: str = "classifier"  # the run's classifier
+    enabled: bool = True
+
+    def __post_init__(self) -> None:
+        _check(self.n_samples >= 1, f"eval.n_samples must be >= 1, got {self.n_samples}")
+        _check(len(self.acceptance_rates) >= 1 and all(0 < r <= 1 for r in self.acceptance_rates),
+               f"eval.acceptance_rates must be in (0, 1], got {self.acceptance_rates}")
+        _check(self.feature_extractor in ("domain", "inception"),
+               f"eval.feature_extractor must be 'domain' or 'inception', got {self.feature_extractor!r}")
+
+
+@dataclass
+class PipelineConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    vqvae: VQVAEConfig = field(default_factory=VQVAEConfig)
+    train_vqvae: TrainConfig = field(default_factory=TrainConfig)
+    prior: dict[str, dict] = field(default_factory=dict)  # level -> PixelSNAIL settings
+    train_prior: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    classifier: dict = field(default_factory=dict)  # ClassifierConfig settings
+    train_classifier: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.vqvae.image_size == self.data.size,
+               f"vqvae.image_size ({self.vqvae.image_size}) must equal data.size ({self.data.size})")
+        for level in self.prior:
+            if level not in self.vqvae.levels:
+                raise ValueError(f"prior.{level}: unknown level {level!r}; the VQ-VAE's levels are {self.vqvae.levels}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
+SECTIONS = {f.name: f for f in dataclasses.fields(PipelineConfig)}
+
+
+def _build(data: dict[str, Any]) -> PipelineConfig:
+    kwargs = {}
+    for key, value in data.items():
+        if key not in SECTIONS:
+            raise unknown_key_error(key, list(SECTIONS), "")
+        ftype = SECTIONS[key].default_factory().__class__
+        if dataclasses.is_dataclass(ftype):
+            if not isinstance(value, dict):
+                raise ValueError(f"[{key}] must be a table, got {value!r}")
+            try:
+                kwargs[key] = from_dict(ftype, value, where=f"{key}.")
+            except TypeError as e:
+                raise ValueError(f"[{key}]: {e}") from e
+        else:
+            kwargs[key] = copy.deepcopy(value)
+    return PipelineConfig(**kwargs)
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("pipelines.presets").iterdir() if p.name.endswith(".toml"))
+
+
+def load_preset(name_or_path: str) -> dict[str, Any]:
+    path = Path(name_or_path)
+    if path.suffix == ".toml" and path.is_file():
+        text = path.read_text()
+    else:
+        ref = resources.files("pipelines.presets") / f"{name_or_path}.toml"
+        if not ref.is_file():
+            raise ValueError(f"unknown preset {name_or_path!r}: choose one of {preset_names()} or give a .toml path")
+        text = ref.read_text()
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"preset {name_or_path}: invalid TOML ({e})") from e
+
+
+def parse_value(text: str) -> Any:
+    """A TOML value (number, bool, string, list); anything unparseable is taken as a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Applies `a.b.c=value` to the nested dict, refusing keys the configuration does not have."""
+    if "=" not in assignment:
+        raise ValueError(f"--set expects key=value, got {assignment!r}")
+    key, text = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    value = parse_value(text.strip())
+    # validate the path against the dataclasses (prior.<level>.* and classifier.* are checked later)
+    if parts[0] not in SECTIONS:
+        raise unknown_key_error(parts[0], list(SECTIONS), "")
+    ftype = SECTIONS[parts[0]].default_factory().__class__
+    if dataclasses.is_dataclass(ftype):
+        if len(parts) != 2:
+            raise ValueError(f"--set {key}: expected {parts[0]}.<key>")
+        names = [f.name for f in dataclasses.fields(ftype)]
+        if parts[1] not in names:
+            raise unknown_key_error(parts[1], names, f"{parts[0]}.")
+    node = data
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"--set {key}: {p} is not a table")
+    node[parts[-1]] = value
+
+
+def resolve_config(preset: str, overrides: list[str] | None = None) -> PipelineConfig:
+    data = load_preset(preset)
+    for assignment in overrides or []:
+        apply_override(data, assignment)
+    return _build(data)
+
+
+def config_from_dict(data: dict[str, Any]) -> PipelineConfig:
+    return _build(data)

@@ -1,0 +1,211 @@
+"""One training loop for every stage (VQ-VAE, priors, classifier), on accelerate.
+
+The loop is a straight line: build -> resume -> for each step: batch, forward, backward, step,
+log, maybe save -> final save. Data order is a pure function of (seed, step), and the state
+holds the weights, optimiser and RNG, so a resumed run continues exactly where it stopped.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+from accelerate import Accelerator
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm.auto import tqdm
+
+from .artifacts import append_jsonl, find_training_state, load_training_state, save_training_state, truncate_jsonl
+from .config import TrainConfig
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (non-finite loss, incompatible state); the last good state is kept."""
+
+
+class StepBatchSampler(Sampler[list[int]]):
+    """Batches for steps [start, total): epoch e is a permutation seeded by (seed, e), batch b of
+    the global order is split across ranks, so the order depends on nothing but (seed, step)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, start: int, total: int, rank: int = 0, world: int = 1):
+        if n < batch_size * world:
+            raise ValueError(f"the dataset has {n} items, fewer than one batch ({batch_size} x {world} processes)")
+        self.n, self.bs, self.seed, self.start, self.total = n, batch_size, seed, start, total
+        self.rank, self.world = rank, world
+        self.per_epoch = n // (batch_size * world)
+
+    def __len__(self) -> int:
+        return max(0, self.total - self.start)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        perm, epoch = None, -1
+        for b in range(self.start, self.total):
+            e, i = divmod(b, self.per_epoch)
+            if e != epoch:
+                perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100003 + e))
+                epoch = e
+            lo = (i * self.world + self.rank) * self.bs
+            yield perm[lo:lo + self.bs].tolist()
+
+
+def make_accelerator(cfg: TrainConfig) -> Accelerator:
+    cuda = torch.cuda.is_available()
+    if cfg.mixed_precision == "fp16" and not cuda:
+        raise ValueError("mixed_precision='fp16' needs a GPU; use 'bf16' or 'no' on CPU")
+    return Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum, cpu=not cuda)
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    """Linear warm-up, then cosine decay to 10% of the peak."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+@dataclass
+class TrainResult:
+    model: torch.nn.Module  # unwrapped; the Polyak average when ema_decay > 0
+    steps: int
+    items_per_second: float
+    last_logs: dict
+
+
+class _StopSignal:
+    """Turns SIGINT/SIGTERM into a flag checked between steps, so the state is saved before exit."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._old: dict = {}
+
+    def __enter__(self) -> "_StopSignal":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.received = signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def train(
+    model: torch.nn.Module,
+    dataset: Dataset,
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    loss_fn: Callable[[torch.nn.Module, tuple], tuple[torch.Tensor, dict]],
+    progress: dict,
+    accelerator: Accelerator | None = None,
+    items_per_batch: Callable[[tuple], int] | None = None,
+    desc: str = "train",
+    stop_after: int | None = None,
+) -> TrainResult:
+    """Trains `model` for cfg.steps optimiser steps, resuming from out_dir/state when present.
+
+    `progress` is stored with the state (e.g. the stage's config hash); a state whose hash differs
+    is an error, not silently reused. `stop_after` ends the run early without a final save (it
+    stands for a kill in tests)."""
+    out_dir = Path(out_dir)
+    acc = accelerator or make_accelerator(cfg)
+    torch.manual_seed(cfg.seed)
+    ema = copy.deepcopy(model).requires_grad_(False) if cfg.ema_decay > 0 else None
+    decay_params = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    other_params = [p for n, p in model.named_parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay_params, "weight_decay": cfg.weight_decay}, {"params": other_params, "weight_decay": 0.0}],
+        lr=cfg.lr,
+    )
+    step = 0
+    state_dir = out_dir / "state"
+    found = find_training_state(state_dir)
+    if found is not None:
+        saved = load_training_state(found, model, optimizer, ema)
+        if saved.get("config_hash") != progress.get("config_hash"):
+            raise TrainingError(
+                f"{found} was saved for a different configuration (hash {saved.get('config_hash')} != "
+                f"{progress.get('config_hash')}); delete {state_dir} or use --force to start again")
+        step = int(saved["step"])
+        truncate_jsonl(out_dir / "metrics.jsonl", step)
+        acc.print(f"[{desc}] resuming from {found} at step {step}")
+    elif acc.is_main_process:
+        truncate_jsonl(out_dir / "metrics.jsonl", 0)
+    model, optimizer = acc.prepare(model, optimizer)
+    sampler = StepBatchSampler(len(dataset), cfg.batch_size, cfg.seed, step * cfg.grad_accum,
+                               cfg.steps * cfg.grad_accum, acc.process_index, acc.num_processes)
+    # its own generator: creating the iterator must not draw from the global RNG the state restores
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.num_workers, generator=torch.Generator())
+    count = items_per_batch or (lambda batch: len(batch[0]))
+
+    def save(at: int) -> None:
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            save_training_state(state_dir, acc.unwrap_model(model), optimizer, {**progress, "step": at}, ema)
+        acc.wait_for_everyone()
+
+    bar = tqdm(total=cfg.steps, initial=step, desc=desc, disable=not acc.is_local_main_process, dynamic_ncols=True)
+    logs: dict = {}
+    seen, t0 = 0, time.perf_counter()
+    micro = 0
+    model.train()
+    with _StopSignal() as stop:
+        for batch in loader:
+            batch = tuple(t.to(acc.device) for t in batch)
+            with acc.accumulate(model):
+                with acc.autocast():
+                    loss, logs = loss_fn(model, batch)
+                if not torch.isfinite(loss.detach()):
+                    bar.close()
+                    raise TrainingError(
+                        f"[{desc}] loss became {loss.item()} at step {step + 1}; training stopped. The last good "
+                        f"state ({state_dir}) is kept: lower the learning rate or check the data, then re-run.")
+                acc.backward(loss)
+                if acc.sync_gradients and cfg.grad_clip > 0:
+                    acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_at(cfg, step)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            seen += count(batch) * acc.num_processes
+            micro += 1
+            if micro % cfg.grad_accum:
+                continue
+            step += 1
+            if ema is not None:
+                with torch.no_grad():
+                    for pe, p in zip(ema.parameters(), acc.unwrap_model(model).parameters()):
+                        pe.lerp_(p.detach(), 1 - cfg.ema_decay)
+                    for be, b in zip(ema.buffers(), acc.unwrap_model(model).buffers()):
+                        be.copy_(b)
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                record = {"step": step, "loss": float(loss.detach()), "lr": lr_at(cfg, step - 1),
+                          **{k: float(v) for k, v in logs.items()}}
+                bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k not in ("step", "lr")})
+                if acc.is_main_process:
+                    append_jsonl(out_dir / "metrics.jsonl", record)
+            if stop_after is not None and step >= stop_after:
+                bar.close()
+                return TrainResult(acc.unwrap_model(model), step, 0.0, logs)
+            if stop.received is not None:
+                save(step)
+                bar.close()
+                acc.print(f"[{desc}] signal {stop.received} received: state saved at step {step} in {state_dir}")
+                raise KeyboardInterrupt(f"stopped by signal {stop.received} at step {step}; re-run to resume")
+            if step % cfg.save_every == 0 and step < cfg.steps:
+                save(step)
+    bar.close()
+    elapsed = time.perf_counter() - t0
+    save(step)
+    final = ema if ema is not None else acc.unwrap_model(model)
+    return TrainResult(final, step, seen / elapsed if elapsed > 0 and seen else 0.0,
+                       {k: float(v) for k, v in logs.items()})

@@ -1,0 +1,37 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def make_image_folder(root, n_per_class=8, size=16, classes=("cats", "dogs"), seed=0):
+    """A tiny labelled image folder: one subfolder per class, coloured noise PNGs."""
+    rng = np.random.default_rng(seed)
+    for ci, name in enumerate(classes):
+        d = root / name
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(n_per_class):
+            arr = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+            arr[..., ci % 3] = 255 - arr[..., ci % 3] // 4  # a class-dependent colour cast
+            Image.fromarray(arr).save(d / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    return make_image_folder(tmp_path / "images")
+
+
+TINY_VQVAE = [
+    "vqvae.in_channels=3", "vqvae.image_size=16", "vqvae.channels=8", "vqvae.res_channels=4",
+    "vqvae.n_res_blocks=1", "vqvae.embed_dim=4", "vqvae.codebook_size=16", "vqvae.strides=[2, 2]",
+    "train_vqvae.steps=6", "train_vqvae.batch_size=4", "train_vqvae.warmup_steps=2", "train_vqvae.log_every=2",
+    "train_vqvae.save_every=2", "train_vqvae.mixed_precision='no'",
+]
+
+
+@pytest.fixture
+def tiny_overrides(image_folder):
+    return ["data.name='folder'", f"data.root='{image_folder}'", "data.size=16", "data.val_fraction=0.25", *TINY_VQVAE]
