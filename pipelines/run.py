@@ -34,11 +34,63 @@ def stage_vqvae(cfg: PipelineConfig, run: RunDir, force: bool = False) -> None:
              f"-> {run.vqvae}/recon.png")
 
 
+def stage_codes(cfg: PipelineConfig, run: RunDir, force: bool = False) -> None:
+    from . import codes
+    h = codes.stage_hash(run)
+    meta = run.codes / "codes.json"
+    if not force and meta.is_file() and _read_hash(meta) == h:
+        _log(f"[codes] up to date ({meta}); skipping")
+        return
+    if PartialState().is_main_process:
+        m = codes.extract_codes(cfg, run)
+        _log(f"[codes] {m['n']} images -> {run.codes} (levels {m['levels']}, grids {m['grid_sizes']})")
+    PartialState().wait_for_everyone()
+
+
+def stage_prior(cfg: PipelineConfig, run: RunDir, level: str, force: bool = False) -> None:
+    from . import stage2
+    h = stage2.stage_hash(cfg, run, level)
+    d = run.prior(level)
+    if not force and _done(run, d, h):
+        _log(f"[prior-{level}] up to date ({d}/metrics.json); skipping")
+        return
+    if (d / "metrics.json").exists():
+        shutil.rmtree(d)
+    m = stage2.train_prior(cfg, run, level)
+    if m is not None:
+        _log(f"[prior-{level}] val nll {m['nll_bits']:.3f} bits/code  accuracy {m['accuracy']:.3f}")
+
+
+def stage_sample(cfg: PipelineConfig, run: RunDir, png_dir=None, force: bool = True) -> None:
+    from . import sample
+    if not force and _done(run, run.samples, sample.stage_hash(cfg, run)):
+        _log(f"[samples] up to date ({run.samples}); skipping")
+        return
+    info = sample.sample_stage(cfg, run, png_dir=png_dir)
+    if info:
+        _log(f"[samples] {info['n']} samples -> {run.samples}/samples.npz, {run.samples}/grid.png")
+
+
+def _read_hash(path) -> str | None:
+    import json
+    try:
+        return json.loads(path.read_text()).get("config_hash")
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
 def run_all(cfg: PipelineConfig, run: RunDir, force: bool = False, until: str | None = None) -> None:
     if until is not None and until not in STAGES:
         raise ValueError(f"--until {until!r}: choose one of {STAGES}")
     for stage in STAGES:
         if stage == "vqvae":
             stage_vqvae(cfg, run, force)
+        elif stage == "codes":
+            stage_codes(cfg, run, force)
+        elif stage == "priors":
+            for level in cfg.vqvae.levels:
+                stage_prior(cfg, run, level, force)
+        elif stage == "samples":
+            stage_sample(cfg, run, force=force)
         if stage == until:
             break

@@ -32,6 +32,18 @@ TINY_VQVAE = [
 ]
 
 
+def folder_overrides(folder):
+    return ["data.name='folder'", f"data.root='{folder}'", "data.size=16", "data.val_fraction=0.25", *TINY_VQVAE]
+
+
 @pytest.fixture
 def tiny_overrides(image_folder):
-    return ["data.name='folder'", f"data.root='{image_folder}'", "data.size=16", "data.val_fraction=0.25", *TINY_VQVAE]
+    return folder_overrides(image_folder)
+
+TINY_PRIORS = [
+    "prior.top.channels=8", "prior.top.n_blocks=1", "prior.top.n_res_per_block=1", "prior.top.attention_blocks=[0]",
+    "prior.top.n_heads=2", "prior.bottom.channels=8", "prior.bottom.n_blocks=1", "prior.bottom.n_res_per_block=1",
+    "prior.bottom.attention_blocks=[]", "prior.bottom.cond_channels=4", "prior.bottom.n_cond_res=1",
+    "train_prior.steps=4", "train_prior.batch_size=4", "train_prior.warmup_steps=1", "train_prior.log_every=2",
+    "train_prior.save_every=2", "train_prior.mixed_precision='no'", "sample.n=6", "sample.batch_size=4",
+]

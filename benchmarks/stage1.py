@@ -1,0 +1,84 @@
+"""Stage-1 benchmark: the fashion32 VQ-VAE, 1,500 steps at batch 128, seed 0 (issue 2).
+
+    python benchmarks/stage1.py --out bench-out/stage1.json [--run-dir bench-out/fashion32]
+
+Trains the `fashion32` preset's VQ-VAE with bf16 autocast into RUN/vqvae (reused by the stage-2
+and stage-3 benchmarks), evaluates it on the 10,000 test images, then times the same training
+for `--speed-steps` steps in fp32 and in bf16 (fresh run directories, same seed) to give the
+bf16 speed-up measured in this one run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from pipelines.artifacts import RunDir, write_json  # noqa: E402
+from pipelines.config import resolve_config  # noqa: E402
+from pipelines.stage1 import train_vqvae  # noqa: E402
+
+TARGETS = {"mse_max": 0.005, "codes_used_min": 480, "bf16_speedup_min": 1.5}
+
+
+def timed_throughput(overrides: list[str], steps: int, precision: str, root: Path) -> float:
+    cfg = resolve_config("fashion32", overrides + [f"train_vqvae.steps={steps}", f"train_vqvae.mixed_precision='{precision}'",
+                                                   f"train_vqvae.save_every={steps}", "train_vqvae.val_batches=1"])
+    run = RunDir(root / f"speed-{precision}")
+    shutil.rmtree(run.root, ignore_errors=True)
+    metrics = train_vqvae(cfg, run)
+    shutil.rmtree(run.root, ignore_errors=True)
+    return metrics["images_per_second"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--run-dir", type=Path, default=Path("bench-out/fashion32"))
+    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--speed-steps", type=int, default=100)
+    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    args = ap.parse_args()
+
+    overrides = [f"train_vqvae.batch_size={args.batch_size}", "train_vqvae.seed=0", *args.overrides]
+    cfg = resolve_config("fashion32", overrides + [f"train_vqvae.steps={args.steps}"])
+    run = RunDir(args.run_dir)
+    shutil.rmtree(run.vqvae, ignore_errors=True)
+    t0 = time.perf_counter()
+    from pipelines.cli import load_run_config
+    load_run_config(run, "fashion32", overrides + [f"train_vqvae.steps={args.steps}"])  # RUN/config.json
+    m = train_vqvae(cfg, run)
+    train_seconds = time.perf_counter() - t0
+
+    scratch = args.out.parent / "stage1-speed"
+    ips_fp32 = timed_throughput(overrides, args.speed_steps, "no", scratch)
+    ips_bf16 = timed_throughput(overrides, args.speed_steps, "bf16", scratch)
+    shutil.rmtree(scratch, ignore_errors=True)
+
+    result = {
+        "preset": "fashion32", "steps": m["steps"], "batch_size": args.batch_size, "seed": 0,
+        "mse": m["mse"], "psnr": m["psnr"], "codes_used": m["codes_used"], "perplexity": m["perplexity"],
+        "dead_codes": m["dead_codes"], "levels": list(m["levels"]), "codebook_size": cfg.vqvae.codebook_size,
+        "n_val": m["n_val"], "train_seconds": train_seconds, "images_per_second_train_run": m["images_per_second"],
+        "speed_steps": args.speed_steps, "images_per_second_fp32": ips_fp32, "images_per_second_bf16": ips_bf16,
+        "bf16_speedup": ips_bf16 / ips_fp32, "targets": TARGETS,
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
+    }
+    result["passed"] = {
+        "mse": result["mse"] <= TARGETS["mse_max"],
+        "codes_used": min(result["codes_used"]) >= TARGETS["codes_used_min"],
+        "bf16_speedup": result["bf16_speedup"] >= TARGETS["bf16_speedup_min"],
+    }
+    write_json(args.out, result)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""Stage 2: train the PixelSNAIL prior of one level (`vqvae2 train-prior --level L`)."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from vqvae2.config import PixelSNAILConfig, from_dict
+from vqvae2.pixelsnail import PixelSNAIL
+
+from .artifacts import RunDir, hash_config, read_json, write_json
+from .codes import CodesDataset, read_codes_meta
+from .config import PipelineConfig
+from .train import make_accelerator, train
+
+DERIVED = ("codebook_size", "height", "width", "n_classes", "cond_shapes")
+
+
+def prior_config(cfg: PipelineConfig, level: str, codes_meta: dict) -> PixelSNAILConfig:
+    """The level's PixelSNAIL config: the preset's `[prior.<level>]` settings plus what the codes fix
+    (grid, codebook size, the levels above, the number of classes)."""
+    if level not in codes_meta["levels"]:
+        raise ValueError(f"unknown level {level!r}: the VQ-VAE's levels are {codes_meta['levels']}")
+    settings = dict(cfg.prior.get(level, {}))
+    for key in DERIVED:
+        if key in settings:
+            raise ValueError(f"prior.{level}.{key} is set from the codes and cannot be configured")
+    class_conditional = bool(settings.pop("class_conditional", True))
+    i = codes_meta["levels"].index(level)
+    sizes, k = codes_meta["grid_sizes"], codes_meta["codebook_size"]
+    derived = {
+        "codebook_size": k, "height": sizes[i], "width": sizes[i],
+        "n_classes": codes_meta["num_classes"] if class_conditional else 0,
+        "cond_shapes": [[k, s, s] for s in sizes[:i]],
+    }
+    return from_dict(PixelSNAILConfig, {**settings, **derived}, where=f"prior.{level}.")
+
+
+def stage_hash(cfg: PipelineConfig, run: RunDir, level: str) -> str:
+    meta = read_codes_meta(run)
+    return hash_config({"codes": meta["config_hash"], "prior": cfg.prior.get(level, {}),
+                        "train": cfg.to_dict()["train_prior"], "level": level})
+
+
+def _split(batch, n_classes: int):
+    labels, target, *cond = batch
+    return target, cond, (labels if n_classes > 0 else None)
+
+
+def prior_loss(model, batch):
+    inner = getattr(model, "module", model)
+    target, cond, labels = _split(batch, inner.config.n_classes)
+    logits = model(target, cond=cond, labels=labels)
+    loss = F.cross_entropy(logits.float(), target)
+    return loss, {"nll_bits": loss.detach() / math.log(2)}
+
+
+@torch.no_grad()
+def evaluate_prior(model: PixelSNAIL, dataset, batch_size: int = 256, max_batches: int = 0,
+                   device: torch.device | str = "cpu") -> dict:
+    model.eval()
+    nll, correct, n = 0.0, 0, 0
+    for b, batch in enumerate(DataLoader(dataset, batch_size=batch_size, shuffle=False)):
+        if max_batches and b >= max_batches:
+            break
+        target, cond, labels = _split(tuple(t.to(device) for t in batch), model.config.n_classes)
+        logits = model(target, cond=cond, labels=labels).float()
+        nll += F.cross_entropy(logits, target, reduction="sum").item()
+        correct += (logits.argmax(1) == target).sum().item()
+        n += target.numel()
+    return {"nll_bits": nll / n / math.log(2), "accuracy": correct / n, "n_codes": n}
+
+
+def train_prior(cfg: PipelineConfig, run: RunDir, level: str, stop_after: int | None = None) -> dict | None:
+    meta = read_codes_meta(run)
+    pcfg = prior_config(cfg, level, meta)
+    train_set, val_set = CodesDataset(run, "train", level), CodesDataset(run, "val", level)
+    acc = make_accelerator(cfg.train_prior)
+    h = stage_hash(cfg, run, level)
+    torch.manual_seed(cfg.train_prior.seed)
+    model = PixelSNAIL(pcfg)
+    per_item = pcfg.height * pcfg.width
+    result = train(model, train_set, cfg.train_prior, run.prior(level), prior_loss, {"config_hash": h},
+                   accelerator=acc, items_per_batch=lambda batch: len(batch[0]) * per_item,
+                   desc=f"train-prior {level}", stop_after=stop_after)
+    if stop_after is not None and result.steps < cfg.train_prior.steps:
+        return None
+    if not acc.is_main_process:
+        acc.wait_for_everyone()
+        return None
+    metrics = evaluate_prior(result.model, val_set, max_batches=cfg.train_prior.val_batches, device=acc.device)
+    metrics.update(config_hash=h, level=level, steps=result.steps, codes_per_second=result.items_per_second,
+                   n_params=sum(p.numel() for p in result.model.parameters()), ema_weights=cfg.train_prior.ema_decay > 0)
+    result.model.save_pretrained(run.prior(level), extra={"config_hash": h, "vqvae_hash": meta["vqvae_hash"]})
+    write_json(run.prior(level) / "metrics.json", metrics)
+    acc.wait_for_everyone()
+    return metrics
+
+
+def load_priors(run: RunDir, levels: list[str], device: str | torch.device = "cpu") -> list[PixelSNAIL]:
+    """The trained priors, top first, refusing any trained on codes of other VQ-VAE weights."""
+    meta = read_codes_meta(run)
+    priors = []
+    for level in levels:
+        d = run.prior(level)
+        if not (d / "model.safetensors").is_file():
+            raise FileNotFoundError(f"{d}/model.safetensors does not exist: run "
+                                    f"`vqvae2 train-prior --run-dir {run.root} --level {level}` first")
+        trained_on = read_json(d / "model.json").get("vqvae_hash")
+        if trained_on != meta["vqvae_hash"]:
+            raise ValueError(f"{d} was trained on codes of VQ-VAE weights {trained_on}, but the run's VQ-VAE is "
+                             f"{meta['vqvae_hash']}: re-run `vqvae2 train-prior --run-dir {run.root} --level {level}`")
+        priors.append(PixelSNAIL.from_pretrained(d, map_location=device).eval())
+    return priors
