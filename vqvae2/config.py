@@ -101,3 +101,55 @@ class VQVAEConfig:
             size //= s
             sizes.append(size)
         return sizes[::-1]
+
+
+@dataclass
+class PixelSNAILConfig:
+    """A PixelSNAIL prior over the (height, width) code grid of one level. `cond_shapes` lists
+    [codebook_size, h, w] of every level above this one, top first (empty for the top prior);
+    their grids must be smaller than this one by power-of-two factors. `attention_blocks` names
+    the blocks (0-based) that end with causal self-attention."""
+
+    codebook_size: int = 512
+    height: int = 8
+    width: int = 8
+    channels: int = 128
+    n_blocks: int = 2
+    n_res_per_block: int = 2
+    kernel_size: int = 3  # odd; causal convs see kernel_size // 2 rows above / columns left
+    attention_blocks: list[int] = field(default_factory=lambda: [1])
+    n_heads: int = 4
+    dropout: float = 0.1
+    n_classes: int = 0  # 0 = unconditional
+    cond_shapes: list[list[int]] = field(default_factory=list)
+    cond_channels: int = 64
+    n_cond_res: int = 2
+
+    def __post_init__(self) -> None:
+        self.attention_blocks = [int(b) for b in self.attention_blocks]
+        self.cond_shapes = [[int(v) for v in s] for s in self.cond_shapes]
+        for name in ("height", "width", "channels", "n_blocks", "n_res_per_block", "n_heads", "cond_channels"):
+            _check(getattr(self, name) >= 1, f"prior.{name} must be >= 1, got {getattr(self, name)}")
+        _check(2 <= self.codebook_size <= 65535,
+               f"prior.codebook_size must be in [2, 65535], got {self.codebook_size}")
+        _check(self.kernel_size >= 3 and self.kernel_size % 2 == 1,
+               f"prior.kernel_size must be odd and >= 3, got {self.kernel_size}")
+        _check(len(set(self.attention_blocks)) == len(self.attention_blocks),
+               f"prior.attention_blocks has duplicates: {self.attention_blocks}")
+        for b in self.attention_blocks:
+            _check(0 <= b < self.n_blocks,
+                   f"prior.attention_blocks must be block indices in [0, {self.n_blocks}), got {self.attention_blocks}")
+        if self.attention_blocks:
+            _check(self.channels % self.n_heads == 0,
+                   f"prior.channels ({self.channels}) must be divisible by prior.n_heads ({self.n_heads})")
+        _check(0.0 <= self.dropout < 1.0, f"prior.dropout must be in [0, 1), got {self.dropout}")
+        _check(self.n_classes >= 0, f"prior.n_classes must be >= 0 (0 = unconditional), got {self.n_classes}")
+        _check(self.n_cond_res >= 0, f"prior.n_cond_res must be >= 0, got {self.n_cond_res}")
+        for s in self.cond_shapes:
+            _check(len(s) == 3, f"prior.cond_shapes entries must be [codebook_size, h, w], got {s}")
+            k, h, w = s
+            _check(2 <= k <= 65535, f"prior.cond_shapes codebook_size must be in [2, 65535], got {s}")
+            for side, full, name in ((h, self.height, "height"), (w, self.width, "width")):
+                ratio = full // side if side >= 1 else 0
+                _check(side >= 1 and full % side == 0 and ratio & (ratio - 1) == 0,
+                       f"prior.cond_shapes {s}: {side} must divide prior.{name} {full} by a power of two")

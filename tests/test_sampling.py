@@ -1,0 +1,79 @@
+"""Samplers: the cached sampler gives exactly the reference sampler's codes, and its per-step
+logits equal a teacher-forced forward over the sampled codes."""
+import pytest
+import torch
+
+from vqvae2.config import PixelSNAILConfig
+from vqvae2.pixelsnail import PixelSNAIL
+from vqvae2.sampling import sample_cached, sample_hierarchy, sample_reference
+
+N_CLASSES = 3
+
+
+def priors():
+    """Top (2x3, 7 codes) and bottom (4x6, 9 codes) priors, both with attention and classes."""
+    torch.manual_seed(0)
+    common = dict(channels=8, n_blocks=2, attention_blocks=[0, 1], n_heads=2, dropout=0.2,
+                  n_classes=N_CLASSES, cond_channels=4, n_cond_res=1)
+    top = PixelSNAIL(PixelSNAILConfig(codebook_size=7, height=2, width=3, n_res_per_block=1, **common))
+    bottom = PixelSNAIL(PixelSNAILConfig(codebook_size=9, height=4, width=6, n_res_per_block=2, kernel_size=5,
+                                         cond_shapes=[[7, 2, 3]], **common))
+    return [top, bottom]
+
+
+@pytest.mark.parametrize("temperature,top_k", [(1.0, None), (0.6, 3), (1.7, 1)])
+def test_cached_equals_reference_over_a_hierarchy(temperature, top_k):
+    levels = priors()
+    labels = torch.tensor([0, 1, 2, 1, 0])
+    run = lambda sampler: sample_hierarchy(  # noqa: E731
+        levels, 5, labels=labels, temperature=temperature, top_k=top_k, sampler=sampler,
+        generator=torch.Generator().manual_seed(3), batch_size=3)
+    ref, cached = run("reference"), run("cached")
+    assert [c.shape for c in cached] == [(5, 2, 3), (5, 4, 6)]
+    for a, b in zip(ref, cached):
+        assert a.dtype == torch.long and torch.equal(a, b)
+    assert len(torch.unique(cached[1])) > 1
+    assert all(p.training for p in levels)  # samplers restore the mode
+    if top_k == 1:  # greedy: the sampled code is the argmax of the teacher-forced logits
+        top, bottom = levels
+        assert torch.equal(cached[0], top.eval()(cached[0], labels=labels).argmax(1))
+
+
+@pytest.mark.parametrize("temperature,top_k", [(1.0, None), (0.8, 4)])
+def test_cached_logits_match_teacher_forced_forward(temperature, top_k):
+    top, bottom = priors()
+    labels = torch.tensor([2, 0, 1])
+    cond = [sample_cached(top, 3, labels=labels, generator=torch.Generator().manual_seed(1))]
+    codes, logits = sample_cached(bottom, 3, cond=cond, labels=labels, temperature=temperature, top_k=top_k,
+                                  generator=torch.Generator().manual_seed(2), return_logits=True)
+    with torch.no_grad():
+        forced = bottom.eval()(codes, cond, labels)
+    assert logits.shape == (3, 9, 4, 6)
+    torch.testing.assert_close(logits, forced, atol=1e-4, rtol=0)
+
+
+def test_same_seed_same_codes_and_generator_consumed_identically():
+    top, _ = priors()
+    labels = torch.tensor([0, 1])
+    g1, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    a = sample_reference(top, 2, labels=labels, generator=g1)
+    b = sample_cached(top, 2, labels=labels, generator=g2)
+    assert torch.equal(a, b)
+    assert torch.equal(g1.get_state(), g2.get_state())
+
+
+def test_sampler_errors():
+    top, bottom = priors()
+    labels = torch.tensor([0, 1])
+    with pytest.raises(ValueError, match="temperature"):
+        sample_cached(top, 2, labels=labels, temperature=0.0)
+    with pytest.raises(ValueError, match="top_k"):
+        sample_cached(top, 2, labels=labels, top_k=8)
+    with pytest.raises(ValueError, match="class-conditional"):
+        sample_cached(top, 2)
+    with pytest.raises(ValueError, match="higher level"):
+        sample_reference(bottom, 2, labels=labels)
+    with pytest.raises(ValueError, match="cond_shapes"):
+        sample_hierarchy([bottom, top], 2, labels=labels)
+    with pytest.raises(ValueError, match="sampler"):
+        sample_hierarchy([top, bottom], 2, labels=labels, sampler="fast")
