@@ -1,0 +1,46 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pipelines.config import preset_names, resolve_config
+from pipelines.stage2 import prior_config
+from vqvae2.pixelsnail import PixelSNAIL
+
+
+def small(preset):
+    cfg = resolve_config(preset)
+    over = ["vqvae.codebook_size=32"]
+    for level in cfg.prior:
+        over += [f"prior.{level}.channels=8", f"prior.{level}.n_blocks=1", f"prior.{level}.n_res_per_block=1",
+                 f"prior.{level}.n_heads=2", f"prior.{level}.cond_channels=4", f"prior.{level}.n_cond_res=1",
+                 f"prior.{level}.attention_blocks={[0] if cfg.prior[level].get('attention_blocks') else []}"]
+    return resolve_config(preset, over)
+
+
+@pytest.mark.parametrize("preset", preset_names())
+def test_every_preset_has_a_prior_per_level_with_working_shapes(preset):
+    cfg = small(preset)
+    levels, sizes = cfg.vqvae.levels, cfg.vqvae.grid_sizes()
+    assert list(cfg.prior) == levels  # one prior per level, top first
+    meta = {"levels": levels, "grid_sizes": sizes, "codebook_size": 32, "num_classes": 3}
+    g = torch.Generator().manual_seed(0)
+    codes = [torch.randint(0, 32, (2, s, s), generator=g) for s in sizes]
+    labels = torch.tensor([0, 2])
+    for i, level in enumerate(levels):
+        pcfg = prior_config(cfg, level, meta)
+        assert (pcfg.height, pcfg.n_classes, len(pcfg.cond_shapes)) == (sizes[i], 3, i)
+        model = PixelSNAIL(pcfg)
+        logits = model(codes[i], cond=codes[:i], labels=labels)
+        assert logits.shape == (2, 32, sizes[i], sizes[i])
+        F.cross_entropy(logits, codes[i]).backward()
+        assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_prior_settings_fixed_by_the_codes_cannot_be_configured():
+    cfg = resolve_config("fashion32", ["prior.top.height=16"])
+    meta = {"levels": ["top", "bottom"], "grid_sizes": [4, 8], "codebook_size": 512, "num_classes": 10}
+    with pytest.raises(ValueError, match="prior.top.height is set from the codes"):
+        prior_config(cfg, "top", meta)
+    cfg = resolve_config("fashion32", ["prior.top.chanels=16"])
+    with pytest.raises(ValueError, match="did you mean 'channels'"):
+        prior_config(cfg, "top", meta)
