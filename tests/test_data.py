@@ -1,0 +1,214 @@
+import gzip
+import struct
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipelines.data import (
+    FACE_CLASS_NAMES,
+    DataConfig,
+    DataError,
+    ImageFolderDataset,
+    SyntheticFaces,
+    build_datasets,
+    render_face,
+)
+
+
+# ----------------------------------------------------------------------------- synthetic faces
+
+
+def test_faces_deterministic_and_distinct():
+    a = render_face(3, 7, 32)
+    assert np.array_equal(a, render_face(3, 7, 32))
+    assert not np.array_equal(a, render_face(3, 8, 32))
+    assert not np.array_equal(a, render_face(4, 7, 32))
+    ds1, ds2 = SyntheticFaces(4, 32, seed=1), SyntheticFaces(4, 32, seed=1)
+    assert torch.equal(ds1[2][0], ds2[2][0]) and ds1[2][1] == ds2[2][1]
+    val = SyntheticFaces(4, 32, seed=1, split="val")
+    assert not torch.equal(ds1[0][0], val[0][0])
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_faces_shape_range(size):
+    train, val = build_datasets(DataConfig(size=size, n_train=3, n_val=2))
+    assert len(train) == 3 and len(val) == 2
+    x, y = train[0]
+    assert x.shape == (3, size, size) and x.dtype == torch.float32
+    assert -1.0 <= x.min() and x.max() <= 1.0 and x.std() > 0.1
+    assert y.dtype == torch.int64 and 0 <= int(y) < train.num_classes
+    assert train.channels == 3 and train.class_names == FACE_CLASS_NAMES
+
+
+def test_faces_classes_all_occur():
+    ds = SyntheticFaces(256, 16, seed=0)
+    _, labels = ds.materialize()
+    assert ds.num_classes >= 4
+    assert set(labels.tolist()) == set(range(ds.num_classes))
+
+
+# ----------------------------------------------------------------------------- fashion-mnist
+
+
+def _write_idx(path, arr):
+    arr = np.asarray(arr, np.uint8)
+    header = bytes([0, 0, 8, arr.ndim]) + b"".join(struct.pack(">I", d) for d in arr.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + arr.tobytes())
+
+
+def _fake_fmnist(root, n_train=5, n_test=3):
+    rng = np.random.default_rng(0)
+    _write_idx(root / "train-images-idx3-ubyte.gz", rng.integers(1, 256, (n_train, 28, 28)))
+    _write_idx(root / "train-labels-idx1-ubyte.gz", np.arange(n_train) % 10)
+    _write_idx(root / "t10k-images-idx3-ubyte.gz", rng.integers(1, 256, (n_test, 28, 28)))
+    _write_idx(root / "t10k-labels-idx1-ubyte.gz", [9, 0, 1][:n_test])
+
+
+def test_fashion_mnist_reader(tmp_path):
+    _fake_fmnist(tmp_path)
+    train, val = build_datasets(DataConfig(name="fashion-mnist", root=str(tmp_path)))
+    assert len(train) == 5 and len(val) == 3
+    assert train.channels == 1 and train.num_classes == 10 and train.class_names[9] == "Ankle boot"
+    x, y = train[3]
+    assert x.shape == (1, 32, 32) and x.dtype == torch.float32
+    assert torch.all(x[:, :2] == -1) and torch.all(x[:, -2:] == -1)
+    assert torch.all(x[:, :, :2] == -1) and torch.all(x[:, :, -2:] == -1)
+    assert torch.all(x[:, 2:30, 2:30] > -1)  # fake pixels are >= 1
+    assert int(y) == 3 and y.dtype == torch.int64
+    assert int(val[0][1]) == 9
+
+
+def test_fashion_mnist_missing_and_bad(tmp_path):
+    with pytest.raises(FileNotFoundError, match="apt-get install -y dataset-fashion-mnist") as e:
+        build_datasets(DataConfig(name="fashion-mnist", root=str(tmp_path)))
+    assert "train-images-idx3-ubyte.gz" in str(e.value) and str(tmp_path) in str(e.value)
+    _fake_fmnist(tmp_path)
+    bad = tmp_path / "train-labels-idx1-ubyte.gz"
+    with gzip.open(bad, "wb") as f:
+        f.write(b"\x00\x00\x08\x03" + b"\x00" * 20)  # wrong number of dims
+    with pytest.raises(DataError, match="magic") as e:
+        build_datasets(DataConfig(name="fashion-mnist", root=str(tmp_path)))
+    assert str(bad) in str(e.value)
+    img = tmp_path / "train-images-idx3-ubyte.gz"
+    data = gzip.decompress(img.read_bytes())
+    img.write_bytes(gzip.compress(data[:-100]))  # truncated payload
+    with pytest.raises(DataError, match="truncated") as e:
+        build_datasets(DataConfig(name="fashion-mnist", root=str(tmp_path)))
+    assert str(img) in str(e.value)
+    img.write_bytes(gzip.compress(data)[:50])  # truncated gzip stream
+    with pytest.raises(DataError, match="train-images-idx3-ubyte.gz"):
+        build_datasets(DataConfig(name="fashion-mnist", root=str(tmp_path)))
+
+
+# ----------------------------------------------------------------------------- folders
+
+
+def _mixed_modes(d):
+    d.mkdir(parents=True, exist_ok=True)
+    Image.new("L", (20, 12), 100).save(d / "grey.png")
+    Image.new("LA", (12, 12), (50, 0)).save(d / "la.png")  # fully transparent -> white
+    Image.new("RGB", (12, 12), (255, 0, 0)).convert("P").save(d / "pal.png")
+    Image.new("RGBA", (12, 12), (0, 0, 255, 255)).save(d / "rgba.webp")
+    Image.new("CMYK", (12, 12), (0, 0, 0, 0)).save(d / "cmyk.jpg")
+    Image.fromarray(np.full((12, 12), 65535, np.uint16)).save(d / "grey16.png")
+    Image.new("RGB", (40, 10), (0, 255, 0)).save(d / "wide.BMP")
+
+
+def test_folder_labels_modes_upscale(tmp_path):
+    _mixed_modes(tmp_path / "cats")
+    _mixed_modes(tmp_path / "dogs" / "deep")
+    cfg = DataConfig(name="folder", root=str(tmp_path), size=16, val_fraction=0.3, seed=1)
+    train, val = build_datasets(cfg)
+    assert len(train) + len(val) == 14 and len(val) >= 1 and len(train) >= 1
+    assert train.class_names == ["cats", "dogs"] and train.num_classes == 2 and train.channels == 3
+    t2, v2 = build_datasets(cfg)
+    assert t2.files == train.files and v2.files == val.files  # reproducible
+    assert train.validate() == []
+    for ds in (train, val):
+        for i in range(len(ds)):
+            x, y = ds[i]
+            assert x.shape == (3, 16, 16) and x.dtype == torch.float32
+            assert -1 <= x.min() and x.max() <= 1
+            assert int(y) == ds.class_names.index(ds.files[i].relative_to(tmp_path).parts[0])
+    everything = ImageFolderDataset(train.files + val.files, [0] * 14, ["x"], 16)
+    by_name = {f.name: everything[i][0] for i, f in enumerate(everything.files)}
+    assert torch.allclose(by_name["la.png"], torch.ones(3, 16, 16))  # alpha over white
+    assert torch.allclose(by_name["grey16.png"], torch.ones(3, 16, 16))  # 16-bit full scale
+    assert torch.allclose(by_name["pal.png"][:, 8, 8], torch.tensor([1.0, -1.0, -1.0]))
+    assert by_name["wide.BMP"][1].min() > 0.9  # 40x10 upscaled to 64x16 then cropped
+
+
+def test_folder_unlabelled_and_bad_files(tmp_path):
+    _mixed_modes(tmp_path)
+    (tmp_path / "sub").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "sub" / "x.png")
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image at all")
+    cfg = DataConfig(name="folder", root=str(tmp_path), size=8, val_fraction=0.01)
+    train, val = build_datasets(cfg)
+    assert train.num_classes == 0 and train.class_names == []
+    ds = ImageFolderDataset(train.files + val.files, [-1] * 9, [], 8, root=str(tmp_path))
+    k = ds.files.index(bad)
+    with pytest.raises(DataError, match="bad.png"):
+        ds[k]
+    with pytest.raises(DataError, match="bad.png"):
+        ds.validate()
+    ds.skip_bad_files = True
+    with pytest.warns(UserWarning, match="bad.png"):
+        x, y = ds[k]
+    assert x.shape == (3, 8, 8) and int(y) == -1
+    with pytest.warns(UserWarning, match="bad.png"):
+        assert [p for p, _ in ds.validate()] == [str(bad)]
+    assert len(ds) == 8 and bad not in ds.files
+
+
+def test_folder_truncated_png(tmp_path):
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), np.uint8)).save(tmp_path / "t.png")
+    data = (tmp_path / "t.png").read_bytes()
+    (tmp_path / "t.png").write_bytes(data[: len(data) // 2])
+    Image.new("RGB", (8, 8)).save(tmp_path / "ok.png")
+    ds = ImageFolderDataset(sorted(tmp_path.iterdir()), [-1, -1], [], 8)
+    with pytest.raises(DataError, match="t.png"):
+        ds.validate()
+
+
+def test_folder_missing_or_empty(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope"):
+        build_datasets(DataConfig(name="folder", root=str(tmp_path / "nope")))
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("hi")
+    with pytest.raises(FileNotFoundError, match="empty"):
+        build_datasets(DataConfig(name="folder", root=str(tmp_path / "empty")))
+
+
+def test_cifar10_missing(tmp_path):
+    with pytest.raises(FileNotFoundError, match="data.download=true"):
+        build_datasets(DataConfig(name="cifar10", root=str(tmp_path)))
+
+
+# ----------------------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(name="imagenet"), "data.name must be one of .*synthetic-faces.*fashion-mnist.*folder.*cifar10"),
+        (dict(name="cifar"), "did you mean 'cifar10'"),
+        (dict(size=4), "data.size must be between"),
+        (dict(size=32.0), "data.size must be an integer"),
+        (dict(n_train=0), "data.n_train"),
+        (dict(n_val=-1), "data.n_val"),
+        (dict(val_fraction=1.0), "data.val_fraction"),
+        (dict(seed=-1), "data.seed"),
+        (dict(name="folder"), "data.root is required"),
+        (dict(name="cifar10"), "data.root is required"),
+        (dict(skip_bad_files="yes"), "data.skip_bad_files"),
+        (dict(download=1), "data.download"),
+    ],
+)
+def test_config_validation(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        DataConfig(**kwargs)
