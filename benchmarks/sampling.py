@@ -2,7 +2,7 @@
 
     python benchmarks/sampling.py --out sampling.json
     python benchmarks/sampling.py --out tiny.json --batch 2 --top-channels 16 --bottom-channels 16 --ffhq-channels 16 \
-        --ffhq-size 16 --ffhq-units 2 --ref-positions 4     # a quick check that it runs
+        --ffhq-size 16 --ffhq-units 4 --ref-positions 4     # a quick check that it runs
 
 (a) fashion32: the top (4x4) and bottom (8x8, conditioned on the top) priors of the fashion32
     preset, 512 codes, 10 classes, sampled as a hierarchy; the reference runs in full.
@@ -27,38 +27,37 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipelines.config import resolve_config  # noqa: E402
+from pipelines.stage2 import prior_config  # noqa: E402
 from vqvae2.config import PixelSNAILConfig  # noqa: E402
 from vqvae2.pixelsnail import PixelSNAIL  # noqa: E402
 from vqvae2.sampling import sample_cached, sample_hierarchy, sample_reference  # noqa: E402
 
 
-# prior sizes (copy these into presets)
+# prior sizes: read from the presets, so the benchmark measures what the pipeline trains
 
-def fashion32_priors(top_channels: int = 96, bottom_channels: int = 64, codebook_size: int = 512,
-                     n_classes: int = 10) -> list[PixelSNAILConfig]:
-    """Top (4x4) and bottom (8x8) priors of fashion32; each trains 2,000 steps at batch 128 within
-    ~15 minutes on 2 CPU cores under bf16 autocast (measured: ~4 and ~15 min on ONE shared core)."""
-    top = PixelSNAILConfig(codebook_size=codebook_size, height=4, width=4, channels=top_channels, n_blocks=2,
-                           n_res_per_block=2, kernel_size=3, attention_blocks=[0, 1], n_heads=4, dropout=0.1,
-                           n_classes=n_classes, cond_shapes=[], cond_channels=64, n_cond_res=1)
-    bottom = PixelSNAILConfig(codebook_size=codebook_size, height=8, width=8, channels=bottom_channels, n_blocks=2,
-                              n_res_per_block=2, kernel_size=3, attention_blocks=[1], n_heads=4, dropout=0.1,
-                              n_classes=n_classes, cond_shapes=[[codebook_size, 4, 4]], cond_channels=64,
-                              n_cond_res=2)
-    return [top, bottom]
+def preset_priors(preset: str, n_classes: int, overrides: list[str] = ()) -> list[PixelSNAILConfig]:
+    """The PixelSNAIL config of every level of `preset` (top first), as `vqvae2 train-prior` builds it."""
+    cfg = resolve_config(preset, list(overrides))
+    meta = {"levels": cfg.vqvae.levels, "grid_sizes": cfg.vqvae.grid_sizes(),
+            "codebook_size": cfg.vqvae.codebook_size, "num_classes": n_classes}
+    return [prior_config(cfg, level, meta) for level in cfg.vqvae.levels]
 
 
-def ffhq256_bottom_prior(channels: int = 128, size: int = 64, n_units: int = 16,
-                         codebook_size: int = 512) -> PixelSNAILConfig:
-    """Bottom prior of ffhq256: 64x64 codes conditioned on 32x32 top codes, no attention
-    (as in the paper's bottom prior), n_units gated residual units in blocks of 4."""
-    per_block = min(4, n_units)
-    if n_units % per_block:
-        raise ValueError(f"--ffhq-units must be a multiple of {per_block}, got {n_units}")
-    return PixelSNAILConfig(codebook_size=codebook_size, height=size, width=size, channels=channels,
-                            n_blocks=n_units // per_block, n_res_per_block=per_block, kernel_size=5,
-                            attention_blocks=[], n_heads=4, dropout=0.1, n_classes=0,
-                            cond_shapes=[[codebook_size, size // 2, size // 2]], cond_channels=64, n_cond_res=2)
+def fashion32_priors(top_channels: int = 96, bottom_channels: int = 64) -> list[PixelSNAILConfig]:
+    """Top (4x4) and bottom (8x8, conditioned on the top) priors of the fashion32 preset, 10 classes."""
+    return preset_priors("fashion32", 10, [f"prior.top.channels={top_channels}",
+                                           f"prior.bottom.channels={bottom_channels}"])
+
+
+def ffhq256_bottom_prior(channels: int = 128, size: int = 64, n_units: int = 16) -> PixelSNAILConfig:
+    """Bottom prior of the ffhq256 preset: 64x64 codes conditioned on 32x32 top codes, no attention
+    (as in the paper's bottom prior), unconditional; n_units gated residual units in blocks of 4."""
+    if n_units % 4:
+        raise ValueError(f"--ffhq-units must be a multiple of 4, got {n_units}")
+    return preset_priors("ffhq256", 0, [f"prior.bottom.channels={channels}", f"prior.bottom.n_blocks={n_units // 4}",
+                                        "prior.bottom.n_res_per_block=4", f"data.size={size * 4}",
+                                        f"vqvae.image_size={size * 4}"])[-1]
 
 
 # timing

@@ -45,17 +45,25 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--speed-steps", type=int, default=100)
     ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--reuse", action="store_true", help="reuse RUN/vqvae when it was trained with this config")
     args = ap.parse_args()
 
     overrides = [f"train_vqvae.batch_size={args.batch_size}", "train_vqvae.seed=0", *args.overrides]
     cfg = resolve_config("fashion32", overrides + [f"train_vqvae.steps={args.steps}"])
     run = RunDir(args.run_dir)
-    shutil.rmtree(run.vqvae, ignore_errors=True)
-    t0 = time.perf_counter()
     from pipelines.cli import load_run_config
+    from pipelines.stage1 import stage_hash
     load_run_config(run, "fashion32", overrides + [f"train_vqvae.steps={args.steps}"])  # RUN/config.json
-    m = train_vqvae(cfg, run)
-    train_seconds = time.perf_counter() - t0
+    if args.reuse and run.stage_hash(run.vqvae) == stage_hash(cfg):
+        m = json.loads((run.vqvae / "metrics.json").read_text())  # trained by an earlier run of this script
+        train_seconds = m.get("train_seconds")
+    else:
+        shutil.rmtree(run.vqvae, ignore_errors=True)
+        t0 = time.perf_counter()
+        m = train_vqvae(cfg, run)
+        train_seconds = time.perf_counter() - t0
+        m["train_seconds"] = train_seconds
+        write_json(run.vqvae / "metrics.json", m)
 
     scratch = args.out.parent / "stage1-speed"
     ips_fp32 = timed_throughput(overrides, args.speed_steps, "no", scratch)

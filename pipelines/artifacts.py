@@ -10,7 +10,6 @@ import io
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,28 +17,10 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from vqvae2.pretrained import load_weights
+from vqvae2.pretrained import atomic_write, load_weights  # noqa: F401 (atomic_write is part of this module's API)
 
 
 # atomic writes
-
-def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
-    """Calls write(tmp_path) for a temporary file beside `path`, fsyncs it, renames it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
 
 def write_json(path: str | Path, data: Any) -> Path:
     text = json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n"

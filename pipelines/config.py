@@ -77,13 +77,15 @@ class EvalConfig:
     batch_size: int = 256
     seed: int = 0
     temperature: float = 1.0
-    rejection_classifier: str = "classifier"  # the run's classifier
+    rejection_classifier: str = "separate"  # "separate": a second classifier (another seed); "same": the feature one
     enabled: bool = True
 
     def __post_init__(self) -> None:
         _check(self.n_samples >= 1, f"eval.n_samples must be >= 1, got {self.n_samples}")
         _check(len(self.acceptance_rates) >= 1 and all(0 < r <= 1 for r in self.acceptance_rates),
                f"eval.acceptance_rates must be in (0, 1], got {self.acceptance_rates}")
+        _check(self.rejection_classifier in ("separate", "same"),
+               f"eval.rejection_classifier must be 'separate' or 'same', got {self.rejection_classifier!r}")
         _check(self.feature_extractor in ("domain", "inception"),
                f"eval.feature_extractor must be 'domain' or 'inception', got {self.feature_extractor!r}")
 
@@ -127,6 +129,11 @@ def _build(data: dict[str, Any]) -> PipelineConfig:
                 kwargs[key] = from_dict(ftype, value, where=f"{key}.")
             except TypeError as e:
                 raise ValueError(f"[{key}]: {e}") from e
+            except ValueError as e:  # name the section when the dataclass named only its field
+                names = {f.name for f in dataclasses.fields(ftype)}
+                if str(e).split(" ", 1)[0] in names:
+                    raise ValueError(f"{key}.{e}") from e
+                raise
         else:
             kwargs[key] = copy.deepcopy(value)
     return PipelineConfig(**kwargs)

@@ -91,7 +91,8 @@ def train_vqvae(cfg: PipelineConfig, run: RunDir, stop_after: int | None = None)
     model = result.model
     metrics, originals, recons = evaluate_vqvae(model, val_set, max_batches=cfg.train_vqvae.val_batches,
                                                 device=acc.device)
-    metrics.update(config_hash=h, steps=result.steps, images_per_second=result.items_per_second,
+    metrics.update(config_hash=h, steps=result.steps, processes=len(result.rank_hashes or [0]),
+                   rank_hashes=result.rank_hashes, images_per_second=result.items_per_second,
                    mixed_precision=cfg.train_vqvae.mixed_precision, n_val=len(val_set))
     model.save_pretrained(run.vqvae, extra={"config_hash": h})
     save_png(run.vqvae / "recon.png", grid_image(to_uint8(torch.cat([originals, recons])), nrow=len(originals)))

@@ -91,7 +91,8 @@ def train_prior(cfg: PipelineConfig, run: RunDir, level: str, stop_after: int | 
         acc.wait_for_everyone()
         return None
     metrics = evaluate_prior(result.model, val_set, max_batches=cfg.train_prior.val_batches, device=acc.device)
-    metrics.update(config_hash=h, level=level, steps=result.steps, codes_per_second=result.items_per_second,
+    metrics.update(config_hash=h, level=level, steps=result.steps, processes=len(result.rank_hashes or [0]),
+                   rank_hashes=result.rank_hashes, codes_per_second=result.items_per_second,
                    n_params=sum(p.numel() for p in result.model.parameters()), ema_weights=cfg.train_prior.ema_decay > 0)
     result.model.save_pretrained(run.prior(level), extra={"config_hash": h, "vqvae_hash": meta["vqvae_hash"]})
     write_json(run.prior(level) / "metrics.json", metrics)

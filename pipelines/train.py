@@ -56,6 +56,10 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
     cuda = torch.cuda.is_available()
     if cfg.mixed_precision == "fp16" and not cuda:
         raise ValueError("mixed_precision='fp16' needs a GPU; use 'bf16' or 'no' on CPU")
+    # accelerate keeps one global state per process; stages of one `vqvae2 run` may differ in precision
+    from accelerate.state import AcceleratorState
+    if AcceleratorState._shared_state and AcceleratorState().mixed_precision != cfg.mixed_precision:
+        AcceleratorState._reset_state()  # keeps the process group (PartialState)
     return Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum, cpu=not cuda)
 
 
@@ -73,6 +77,7 @@ class TrainResult:
     steps: int
     items_per_second: float
     last_logs: dict
+    rank_hashes: list[str] | None = None  # under several processes: a hash of every rank's weights and buffers
 
 
 class _StopSignal:
@@ -207,5 +212,19 @@ def train(
     elapsed = time.perf_counter() - t0
     save(step)
     final = ema if ema is not None else acc.unwrap_model(model)
+    rank_hashes = None
+    if acc.num_processes > 1:
+        from accelerate.utils import gather_object
+        rank_hashes = gather_object([state_hash(acc.unwrap_model(model))])
     return TrainResult(final, step, seen / elapsed if elapsed > 0 and seen else 0.0,
-                       {k: float(v) for k, v in logs.items()})
+                       {k: float(v) for k, v in logs.items()}, rank_hashes)
+
+
+def state_hash(model: torch.nn.Module) -> str:
+    """sha256 of every parameter and buffer, in key order (to compare ranks)."""
+    import hashlib
+    h = hashlib.sha256()
+    for key, t in sorted(model.state_dict().items()):
+        h.update(key.encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]

@@ -47,3 +47,9 @@ TINY_PRIORS = [
     "train_prior.steps=4", "train_prior.batch_size=4", "train_prior.warmup_steps=1", "train_prior.log_every=2",
     "train_prior.save_every=2", "train_prior.mixed_precision='no'", "sample.n=6", "sample.batch_size=4",
 ]
+
+TINY_EVAL = [
+    "classifier.channels=[4, 8]", "train_classifier.steps=3", "train_classifier.batch_size=4",
+    "train_classifier.warmup_steps=1", "train_classifier.mixed_precision='no'", "train_classifier.log_every=1",
+    "eval.n_samples=10", "eval.acceptance_rates=[1.0, 0.5]", "eval.kid_subset_size=4", "eval.batch_size=8",
+]

@@ -25,16 +25,44 @@ def level_names(n_levels: int) -> list[str]:
 def unknown_key_error(key: str, valid: list[str], where: str) -> ValueError:
     near = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(repr(n) for n in near)}?" if near else ""
-    return ValueError(f"unknown key {where}{key!r}{hint} (valid keys: {', '.join(sorted(valid))})")
+    return ValueError(f"unknown key '{where}{key}'{hint} (valid keys: {', '.join(sorted(valid))})")
+
+
+def _coerce(value: Any, type_name: str, key: str) -> Any:
+    """Checks a JSON/TOML value against a field's annotation (as a string); ints are accepted as floats."""
+    t = type_name.replace(" ", "")
+    if t.endswith("|None"):
+        if value is None:
+            return None
+        t = t[: -len("|None")]
+    ok = {
+        "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+        "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+        "bool": lambda v: isinstance(v, bool),
+        "str": lambda v: isinstance(v, str),
+    }
+    if t in ok:
+        if not ok[t](value):
+            raise ValueError(f"{key} must be {'an' if t == 'int' else 'a'} {t}, got {value!r}")
+        return float(value) if t == "float" else value
+    if t.startswith("list") and not isinstance(value, (list, tuple)):
+        raise ValueError(f"{key} must be a list, got {value!r}")
+    if t.startswith("dict") and not isinstance(value, dict):
+        raise ValueError(f"{key} must be a table, got {value!r}")
+    return list(value) if t.startswith("list") else value
 
 
 def from_dict(cls: Type[T], data: dict[str, Any], where: str = "") -> T:
-    """Build dataclass `cls` from `data`; unknown keys are an error naming the nearest valid keys."""
-    names = [f.name for f in dataclasses.fields(cls)]
-    for key in data:
-        if key not in names:
-            raise unknown_key_error(key, names, where)
-    return cls(**data)
+    """Build dataclass `cls` from `data`: unknown keys are an error naming the nearest valid keys,
+    and a value of the wrong type an error naming the key."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise unknown_key_error(key, list(fields), where)
+        ftype = fields[key].type if isinstance(fields[key].type, str) else getattr(fields[key].type, "__name__", "")
+        kwargs[key] = _coerce(value, ftype, f"{where}{key}")
+    return cls(**kwargs)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -22,7 +22,9 @@ CONFIG_NAME = "model.json"
 WEIGHTS_NAME = "model.safetensors"
 
 
-def _atomic(path: Path, write) -> None:
+def atomic_write(path: str | Path, write) -> Path:
+    """Calls write(tmp_path) for a temporary file beside `path`, fsyncs it and renames it into place."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -35,6 +37,7 @@ def _atomic(path: Path, write) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    return path
 
 
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
@@ -60,8 +63,8 @@ class PretrainedMixin:
         directory = Path(directory)
         meta = {"model_type": self.model_type, "config": to_dict(self.config), **(extra or {})}
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        _atomic(directory / WEIGHTS_NAME, lambda tmp: save_file(state, tmp))
-        _atomic(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
+        atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(state, tmp))
+        atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
 
     @classmethod
     def read_config(cls, directory: str | Path):

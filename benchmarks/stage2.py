@@ -1,0 +1,88 @@
+"""Stage-2 benchmark: the fashion32 PixelSNAIL priors, 2,000 steps each at batch 128 (issue 3).
+
+    python benchmarks/stage1.py --out bench-out/stage1.json      # first: the VQ-VAE
+    python benchmarks/stage2.py --out bench-out/stage2.json [--run-dir bench-out/fashion32]
+
+Extracts the codes with the stage-1 benchmark's VQ-VAE, trains the prior of every level and
+reports validation `nll_bits` beside `unigram_bits`, the entropy of the level's code frequencies
+on the training codes (the score of a prior that ignores all context). Then samples 64
+class-conditional images to RUN/samples/grid.png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from pipelines.artifacts import RunDir, read_json, write_json  # noqa: E402
+from pipelines.cli import load_run_config  # noqa: E402
+from pipelines.run import stage_codes, stage_prior, stage_sample  # noqa: E402
+
+MARGINS = {"top": 0.5, "bottom": 1.5}  # required gap below the unigram entropy, bits per code
+
+
+def unigram_bits(codes: np.ndarray, k: int) -> float:
+    counts = np.bincount(codes.reshape(-1).astype(np.int64), minlength=k).astype(np.float64)
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log2(p)).sum())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--run-dir", type=Path, default=Path("bench-out/fashion32"))
+    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--grid", type=Path, default=None, help="also copy the sample grid here (e.g. docs/...png)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    args = ap.parse_args()
+
+    run = RunDir(args.run_dir)
+    if not (run.vqvae / "metrics.json").is_file():
+        sys.exit(f"{run.vqvae}/metrics.json not found: run benchmarks/stage1.py first")
+    overrides = [f"train_prior.steps={args.steps}", f"train_prior.batch_size={args.batch_size}",
+                 "train_prior.seed=0", "sample.n=64", "sample.batch_size=64", "sample.seed=0", *args.overrides]
+    cfg = load_run_config(run, None, overrides)
+    stage_codes(cfg, run)
+    meta = read_json(run.codes / "codes.json")
+    result = {"preset": "fashion32", "steps": args.steps, "batch_size": args.batch_size,
+              "nll_bits": {}, "unigram_bits": {}, "accuracy": {}, "codes_per_second": {}, "train_seconds": {},
+              "gap_bits": {}, "n_params": {}, "required_gap_bits": MARGINS, "passed": {}}
+    for level in meta["levels"]:
+        shutil.rmtree(run.prior(level), ignore_errors=True)
+        t0 = time.perf_counter()
+        stage_prior(cfg, run, level)
+        seconds = time.perf_counter() - t0
+        m = read_json(run.prior(level) / "metrics.json")
+        train_codes = np.load(run.codes / "train" / f"{level}.npy", mmap_mode="r")
+        uni = unigram_bits(np.asarray(train_codes), meta["codebook_size"])
+        result["nll_bits"][level] = m["nll_bits"]
+        result["unigram_bits"][level] = uni
+        result["accuracy"][level] = m["accuracy"]
+        result["codes_per_second"][level] = m["codes_per_second"]
+        result["train_seconds"][level] = seconds
+        result["n_params"][level] = m["n_params"]
+        result["gap_bits"][level] = uni - m["nll_bits"]
+        result["passed"][level] = uni - m["nll_bits"] >= MARGINS.get(level, 0.0)
+        result["passed"][f"{level}_within_15_min"] = seconds <= 15 * 60
+        print(json.dumps({level: {k: result[k][level] for k in ("nll_bits", "unigram_bits", "accuracy", "train_seconds")}}))
+    stage_sample(cfg, run)
+    if args.grid:
+        args.grid.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(run.samples / "grid.png", args.grid)
+    result["samples_grid"] = str(run.samples / "grid.png")
+    result["torch"] = torch.__version__
+    result["threads"] = torch.get_num_threads()
+    write_json(args.out, result)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
