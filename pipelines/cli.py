@@ -88,8 +88,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def init_processes() -> None:
+    """Sets up accelerate's process state once, before anything asks for it. Without a GPU the
+    processes of `accelerate launch --multi_gpu` (torchrun) / `torchrun` join a gloo group on CPU."""
+    import torch
+    from accelerate import PartialState
+    PartialState(cpu=not torch.cuda.is_available())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    init_processes()
     run = RunDir(args.run_dir)
     try:
         return _dispatch(args, run)

@@ -71,6 +71,34 @@ def stage_sample(cfg: PipelineConfig, run: RunDir, png_dir=None, force: bool = T
         _log(f"[samples] {info['n']} samples -> {run.samples}/samples.npz, {run.samples}/grid.png")
 
 
+def stage_classifier(cfg: PipelineConfig, run: RunDir, force: bool = False) -> None:
+    from . import stage3
+    if not force and _done(run, run.classifier, stage3.classifier_hash(cfg)):
+        _log(f"[classifier] up to date ({run.classifier}/metrics.json); skipping")
+        return
+    if (run.classifier / "metrics.json").exists():
+        shutil.rmtree(run.classifier)
+    m = stage3.train_classifier(cfg, run)
+    if m is not None:
+        accs = ", ".join(f"{k} {v['accuracy']:.4f}" for k, v in m["classifiers"].items())
+        _log(f"[classifier] validation accuracy: {accs}")
+
+
+def stage_eval(cfg: PipelineConfig, run: RunDir, force: bool = True) -> None:
+    from . import stage3
+    if not force and _done(run, run.eval, stage3.eval_hash(cfg, run)):
+        _log(f"[eval] up to date ({run.eval}/report.md); skipping")
+        return
+    report = stage3.evaluate(cfg, run)
+    if report is not None:
+        _log(f"[eval] {run.eval}/report.md, {run.eval}/tradeoff.png")
+        for row in report["rows"]:
+            _log(f"  acceptance {row['acceptance_rate']:<5g} {report['fd_label']} {row['fd']:.3f}  "
+                 f"precision {row['precision']:.3f}  recall {row['recall']:.3f}")
+        if report["reconstruction"]:
+            _log(f"  reconstruction {report['fd_label']} {report['reconstruction']['fd']:.3f} (upper bound)")
+
+
 def _read_hash(path) -> str | None:
     import json
     try:
@@ -92,5 +120,11 @@ def run_all(cfg: PipelineConfig, run: RunDir, force: bool = False, until: str | 
                 stage_prior(cfg, run, level, force)
         elif stage == "samples":
             stage_sample(cfg, run, force=force)
+        elif stage == "classifier":
+            if cfg.eval.enabled:
+                stage_classifier(cfg, run, force)
+        elif stage == "eval":
+            if cfg.eval.enabled:
+                stage_eval(cfg, run, force=force)
         if stage == until:
             break

@@ -1,0 +1,71 @@
+"""Classifier-based rejection sampling (VQ-VAE-2, section 3.3).
+
+For an acceptance rate r, the first ceil(n / r) candidates are scored by the classifier and the
+n best kept: the probability of the intended class when sampling class-conditionally, of the
+predicted class (argmax) otherwise. r = 1 keeps the first n candidates unchanged.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable, Sized
+
+import torch
+
+
+def _check_rate(rate: float) -> None:
+    if not 0.0 < rate <= 1.0:
+        raise ValueError(f"acceptance rate must be in (0, 1], got {rate}")
+
+
+def candidates_needed(n: int, rate: float) -> int:
+    """ceil(n / rate), robust to float noise (3 / 0.3 is 10, not 11)."""
+    if n < 1:
+        raise ValueError(f"number of samples to keep must be >= 1, got {n}")
+    _check_rate(rate)
+    return math.ceil(round(n / rate, 9))
+
+
+def rates_needed(n: int, rates: Iterable[float]) -> int:
+    """Candidates to draw so that every acceptance rate in `rates` can keep n samples."""
+    rates = list(rates)
+    if not rates:
+        raise ValueError("rates is empty")
+    return max(candidates_needed(n, r) for r in rates)
+
+
+def rejection_sample(
+    candidate_images: Sized,
+    probs: torch.Tensor,
+    n: int,
+    rate: float,
+    target_classes: torch.Tensor | int | None = None,
+) -> torch.Tensor:
+    """Indices (n,), ascending, of the kept candidates among the first ceil(n / rate).
+
+    probs: (N, num_classes) classifier probabilities of the N candidates.
+    target_classes: the intended class of each candidate (N,), or one int for all; None = unconditional.
+    """
+    probs = torch.as_tensor(probs)
+    m = candidates_needed(n, rate)
+    n_cand = len(candidate_images)
+    if probs.dim() != 2 or len(probs) != n_cand:
+        raise ValueError(f"probs must be (N, num_classes) with N = {n_cand} candidates, got {tuple(probs.shape)}")
+    if n_cand < m:
+        raise ValueError(f"keeping {n} samples at acceptance rate {rate} needs {m} candidates, got {n_cand}; "
+                         f"draw rates_needed(n, rates) candidates")
+    p = probs[:m].float()  # (m, K)
+    if target_classes is None:
+        scores = p.max(dim=1).values
+    else:
+        target = torch.as_tensor(target_classes, dtype=torch.long)
+        target = target.expand(n_cand) if target.dim() == 0 else target
+        if target.shape != (n_cand,):
+            raise ValueError(f"target_classes must be one int or (N,) = ({n_cand},), got {tuple(target.shape)}")
+        target = target[:m]
+        if target.min() < 0 or target.max() >= p.shape[1]:
+            raise ValueError(f"target_classes must be in [0, {p.shape[1]}), got values "
+                             f"{int(target.min())}..{int(target.max())}")
+        scores = p.gather(1, target[:, None]).squeeze(1)  # (m,)
+    # stable: among equal scores the earlier candidate wins, so r = 1 keeps exactly the first n
+    order = torch.sort(scores, descending=True, stable=True).indices
+    return order[:n].sort().values

@@ -1,0 +1,69 @@
+"""Classifier shapes, save/load round trip, weights hash, probability and accuracy helpers."""
+import pytest
+import torch
+
+from eval.classifier import Classifier, ClassifierConfig, evaluate_accuracy, predict_proba, weights_hash
+
+
+def tiny(**kw):
+    cfg = dict(in_channels=1, image_size=16, num_classes=5, channels=[4, 8, 16], blocks_per_stage=1, dropout=0.0)
+    cfg.update(kw)
+    torch.manual_seed(0)
+    return Classifier(ClassifierConfig(**cfg))
+
+
+@pytest.mark.parametrize("in_channels", [1, 3])
+def test_shapes(in_channels):
+    model = tiny(in_channels=in_channels, blocks_per_stage=2).eval()
+    x = torch.rand(3, in_channels, 16, 16) * 2 - 1
+    assert model(x).shape == (3, 5)
+    assert model.features(x).shape == (3, 16) == (3, model.feature_dim)
+    with pytest.raises(ValueError, match="expects images"):
+        model(torch.rand(3, 4 - in_channels if in_channels == 1 else 1, 16, 16))
+
+
+def test_default_config_is_the_fashion_mnist_resnet():
+    model = Classifier(ClassifierConfig())
+    assert model(torch.zeros(2, 1, 32, 32)).shape == (2, 10)
+    assert sum(p.numel() for p in model.parameters()) < 1_000_000  # trains on 2 CPU cores in minutes per epoch
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(in_channels=2), "in_channels"), (dict(num_classes=1), "num_classes"), (dict(channels=[]), "channels"),
+    (dict(blocks_per_stage=0), "blocks_per_stage"), (dict(dropout=1.0), "dropout"),
+    (dict(image_size=18), "multiple of 4"),
+])
+def test_config_errors(bad, match):
+    with pytest.raises(ValueError, match=match):
+        tiny(**bad)
+
+
+def test_save_load_round_trip(tmp_path):
+    model = tiny().eval()
+    model(torch.rand(4, 1, 16, 16))  # BatchNorm buffers are part of the weights too
+    model.save_pretrained(tmp_path / "classifier")
+    loaded = Classifier.from_pretrained(tmp_path / "classifier").eval()
+    x = torch.rand(4, 1, 16, 16) * 2 - 1
+    torch.testing.assert_close(loaded(x), model(x))
+    assert weights_hash(loaded) == weights_hash(model) and loaded.config == model.config
+
+
+def test_weights_hash():
+    a, b = tiny(), tiny()
+    h = weights_hash(a)
+    assert len(h) == 12 and int(h, 16) >= 0 and h == weights_hash(b)
+    with torch.no_grad():
+        b.stem[0].weight[0, 0, 0, 0] += 1e-3
+    assert weights_hash(b) != h
+
+
+def test_predict_proba_and_accuracy():
+    model = tiny().train()
+    images = torch.randint(0, 256, (10, 1, 16, 16), dtype=torch.uint8)
+    probs = predict_proba(model, images, batch_size=3)
+    assert probs.shape == (10, 5) and model.training  # mode restored
+    torch.testing.assert_close(probs.sum(1), torch.ones(10))
+    torch.testing.assert_close(probs, predict_proba(model, images.float() / 127.5 - 1, batch_size=10))
+    labels = probs.argmax(1)
+    loader = [(images[:6], labels[:6]), (images[6:], (labels[6:] + 1) % 5)]  # 6 right, 4 wrong
+    assert evaluate_accuracy(model, loader) == pytest.approx(0.6)

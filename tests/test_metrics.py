@@ -1,0 +1,215 @@
+"""Metrics through torch-fidelity, checked against answers known independently of the code under test."""
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+import torch_fidelity
+from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
+
+from eval.classifier import Classifier, ClassifierConfig, weights_hash
+from eval.features import ExtractorSpec, domain_extractor, inception_extractor
+from eval.metrics import compute_metrics
+
+H = W = 8
+FEAT_DIM = 12
+# a fixed random linear map of the (3, 8, 8) pixels: features that are Gaussian-ish and known exactly
+PROJECTION = np.random.default_rng(1234).standard_normal((3 * H * W, FEAT_DIM)) / np.sqrt(3 * H * W)
+
+
+class LinearFeatures(FeatureExtractorBase):
+    def __init__(self, name, features_list, **kwargs):  # torch-fidelity passes all its kwargs
+        super().__init__(name, features_list)
+
+    @staticmethod
+    def get_provided_features_list():
+        return ("linear",)
+
+    @staticmethod
+    def get_default_feature_layer_for_metric(metric):
+        return "linear"
+
+    @staticmethod
+    def can_be_compiled():
+        return False
+
+    @staticmethod
+    def get_dummy_input_for_compile():
+        return torch.zeros(1, 3, H, W, dtype=torch.uint8)
+
+    def forward(self, x):
+        feats = x.reshape(len(x), -1).double() @ torch.from_numpy(PROJECTION)  # (B, FEAT_DIM) float64
+        return (feats,)
+
+
+LINEAR = "vqvae2-test-linear"
+if LINEAR not in FEATURE_EXTRACTORS_REGISTRY:
+    register_feature_extractor(LINEAR, LinearFeatures)
+LINEAR_SPEC = ExtractorSpec("linear", LINEAR, "none")
+
+
+def reference_fd(images_a: np.ndarray, images_b: np.ndarray) -> float:
+    """Frechet distance from the textbook formula with scipy's sqrtm, on features computed here."""
+    def feats(x):
+        x = np.repeat(x, 3, axis=1) if x.shape[1] == 1 else x
+        return x.reshape(len(x), -1).astype(np.float64) @ PROJECTION
+    fa, fb = feats(images_a), feats(images_b)
+    mu_a, mu_b = fa.mean(0), fb.mean(0)
+    s_a, s_b = np.cov(fa, rowvar=False), np.cov(fb, rowvar=False)
+    covmean = scipy.linalg.sqrtm(s_a @ s_b).real
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2 * np.trace(covmean))
+
+
+def gaussian_images(n, mean, std, seed, channels=3):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(mean, std, size=(n, channels, H, W))
+    return np.clip(np.round(x), 0, 255).astype(np.uint8)
+
+
+def metrics(gen, real, spec=LINEAR_SPEC, **kw):
+    kw.setdefault("kid_subset_size", 10)
+    kw.setdefault("kid_subsets", 5)
+    kw.setdefault("isc_splits", 2)
+    return compute_metrics(torch.from_numpy(gen), torch.from_numpy(real), spec, seed=0, **kw)
+
+
+@pytest.fixture(autouse=True)
+def no_network_no_home_cache(tmp_path, monkeypatch):
+    """No test may download (weights are unavailable) or write torch-fidelity caches outside tmp."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "torch_home" / "hub"))
+
+    def refuse(*a, **k):
+        raise AssertionError("a download was attempted")
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
+    import torch_fidelity.feature_extractor_inceptionv3 as inc
+    monkeypatch.setattr(inc, "load_state_dict_from_url", refuse)
+
+
+def test_fd_matches_scipy_reference():
+    gen = gaussian_images(120, 110, 30, seed=0)
+    real = gaussian_images(150, 130, 45, seed=1)
+    out = metrics(gen, real)
+    ref = reference_fd(gen, real)
+    assert ref > 1.0
+    assert out["fd"] == pytest.approx(ref, rel=1e-5)
+
+
+def test_fd_of_identical_sets_is_zero():
+    real = gaussian_images(100, 128, 40, seed=2)
+    out = metrics(real, real)
+    scale = reference_fd(real, gaussian_images(100, 90, 40, seed=3))
+    assert abs(out["fd"]) < 1e-6 * scale
+
+
+def test_fd_grows_with_noise():
+    real = gaussian_images(100, 128, 30, seed=4)
+    noise = np.random.default_rng(5).standard_normal(real.shape)
+    fds = []
+    for sigma in (0, 10, 25, 50, 90):
+        gen = np.clip(real.astype(float) + sigma * noise, 0, 255).round().astype(np.uint8)
+        fds.append(metrics(gen, real)["fd"])
+    assert all(a < b for a, b in zip(fds, fds[1:])), fds
+
+
+def test_precision_recall_convention():
+    real = gaussian_images(120, 128, 40, seed=6)
+    # generated: 120 jittered copies of 6 real images -> inside the real support but covering little of it
+    rng = np.random.default_rng(7)
+    collapsed = real[rng.integers(0, 6, size=120)].astype(float) + rng.normal(0, 0.5, size=real.shape)
+    collapsed = np.clip(collapsed.round(), 0, 255).astype(np.uint8)
+    out = metrics(collapsed, real)
+    assert out["precision"] > 0.9 and out["recall"] < 0.2, out
+    swapped = metrics(real, collapsed)  # the real set now plays the generated role
+    assert swapped["precision"] < 0.2 and swapped["recall"] > 0.9, swapped
+
+
+def test_grey_images_are_repeated_to_three_channels():
+    gen = gaussian_images(60, 120, 40, seed=8, channels=1)
+    real = gaussian_images(70, 100, 30, seed=9, channels=1)
+    assert metrics(gen, real)["fd"] == pytest.approx(reference_fd(gen, real), rel=1e-5)
+    with pytest.raises(ValueError, match="same"):  # grey against colour is a mistake, not a comparison
+        metrics(gen, np.repeat(real, 3, axis=1))
+
+
+def test_provenance_and_keys():
+    out = metrics(gaussian_images(30, 120, 40, seed=9), gaussian_images(40, 120, 40, seed=10))
+    assert out["extractor"] == "linear" and out["feature_extractor_name"] == LINEAR
+    assert out["torch_fidelity_version"] == torch_fidelity.__version__
+    assert (out["n_generated"], out["n_real"], out["seed"]) == (30, 40, 0)
+    for key in ("fd", "kid_mean", "kid_std", "is_mean", "is_std", "precision", "recall"):
+        assert np.isfinite(out[key]), key
+
+
+def tiny_classifier(in_channels, seed=0):
+    torch.manual_seed(seed)
+    return Classifier(ClassifierConfig(in_channels=in_channels, image_size=8, num_classes=4,
+                                       channels=[4, 8], blocks_per_stage=1, dropout=0.0)).eval()
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_domain_extractor_end_to_end(channels, tmp_path):
+    model = tiny_classifier(channels)
+    spec = domain_extractor(model)
+    assert spec.name == f"vqvae2-domain-{weights_hash(model)}" and spec.fd_label == "FD-domain"
+    def big(n, mean, seed):  # 16x16 images: the extractor resizes both sides to the classifier's 8x8
+        x = torch.from_numpy(gaussian_images(n, mean, 50, seed=seed, channels=channels)).float()
+        return torch.nn.functional.interpolate(x, scale_factor=2).round().to(torch.uint8).numpy()
+    gen, real = big(24, 100, 11), big(30, 140, 12)
+    with pytest.raises(ValueError, match="same"):
+        compute_metrics(torch.from_numpy(gen), torch.from_numpy(real[:, :, :8]), spec)
+    out = metrics(gen, gen, spec, cache_root=str(tmp_path / "cache"))
+    assert abs(out["fd"]) < 1e-4
+    out = metrics(gen, real, spec)
+    assert out["fd"] > 0 and out["is_mean"] >= 1.0 and 0 <= out["precision"] <= 1
+    assert out["weights_hash"] == weights_hash(model) and out["extractor"] == "domain"
+    assert not (tmp_path / "torch_home").exists()  # nothing cached under torch's home
+
+
+def test_domain_name_follows_weights():
+    model = tiny_classifier(1, seed=0)
+    name = domain_extractor(model).name
+    assert domain_extractor(model).name == name  # registering twice is fine
+    assert domain_extractor(tiny_classifier(1, seed=0)).name == name  # same weights, same name
+    with torch.no_grad():
+        model.head.bias.add_(0.1)
+    assert domain_extractor(model).name != name
+
+
+def test_domain_extractor_does_not_move_or_change_the_model():
+    model = tiny_classifier(1).train()
+    domain_extractor(model)
+    assert model.training and next(model.parameters()).requires_grad
+
+
+def test_inception_without_weights_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="weights-inception-2015-12-05-6726825d.pth") as err:
+        inception_extractor()
+    assert "checkpoints" in str(err.value) and "never downloads" in str(err.value)
+    with pytest.raises(FileNotFoundError, match="given path"):
+        inception_extractor(tmp_path / "nope.pth")
+
+
+def test_inception_spec_passes_the_local_path(tmp_path, monkeypatch):
+    path = tmp_path / "hub" / "checkpoints" / "weights-inception-2015-12-05-6726825d.pth"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"not really weights")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    spec = inception_extractor(internal_dtype="float64")
+    assert spec.name == "inception-v3-compat" and spec.fd_label == "FID"
+    assert spec.fidelity_kwargs == {"feature_extractor_weights_path": str(path),
+                                    "feature_extractor_internal_dtype": "float64"}
+    assert len(spec.weights_hash) == 12
+
+
+def test_small_sets_and_bad_arguments():
+    gen, real = gaussian_images(6, 120, 40, seed=13), gaussian_images(8, 110, 40, seed=14)
+    out = compute_metrics(torch.from_numpy(gen), torch.from_numpy(real), LINEAR_SPEC, kid_subsets=3)
+    assert out["isc_splits"] == 6 and out["kid_subset_size"] == 6 and np.isfinite(out["is_mean"])
+    with pytest.raises(ValueError, match="kid_subset_size"):
+        metrics(gen, real, kid_subset_size=7)
+    with pytest.raises(ValueError, match="at least 4"):
+        metrics(gen[:3], real, kid_subset_size=2)
+    with pytest.raises(ValueError, match="uint8"):
+        compute_metrics(torch.zeros(6, 3, 8, 8), torch.from_numpy(real), LINEAR_SPEC)
