@@ -14,12 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vqvae2.config import _check
 from vqvae2.pretrained import PretrainedMixin
 
-
-def _check(cond: bool, msg: str) -> None:
-    if not cond:
-        raise ValueError(msg)
 
 
 @dataclass

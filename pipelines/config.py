@@ -9,14 +9,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from vqvae2.config import VQVAEConfig, from_dict, to_dict, unknown_key_error
+from vqvae2.config import VQVAEConfig, _check, from_dict, to_dict, unknown_key_error
 
 from .data import DataConfig
 
-
-def _check(cond: bool, msg: str) -> None:
-    if not cond:
-        raise ValueError(msg)
 
 
 @dataclass

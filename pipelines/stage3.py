@@ -50,7 +50,8 @@ def classifier_hash(cfg: PipelineConfig) -> str:
 
 def classifier_loss(model, batch):
     x, y = batch
-    logits = model(x)
+    flip = torch.rand(len(x), 1, 1, 1, device=x.device) < 0.5  # horizontal flips: the only augmentation
+    logits = model(torch.where(flip, x.flip(-1), x))
     loss = F.cross_entropy(logits.float(), y)
     return loss, {"accuracy": (logits.argmax(1) == y).float().mean()}
 

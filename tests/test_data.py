@@ -81,7 +81,9 @@ def test_fashion_mnist_reader(tmp_path):
     assert int(val[0][1]) == 9
 
 
+@pytest.mark.reliability
 def test_fashion_mnist_missing_and_bad(tmp_path):
+    """Fashion-MNIST file missing, bad magic number, truncated or broken gzip -> error naming the file (and how to install the data)"""
     with pytest.raises(FileNotFoundError, match="apt-get install -y dataset-fashion-mnist") as e:
         build_datasets(DataConfig(name="fashion-mnist", root=str(tmp_path)))
     assert "train-images-idx3-ubyte.gz" in str(e.value) and str(tmp_path) in str(e.value)
@@ -117,7 +119,9 @@ def _mixed_modes(d):
     Image.new("RGB", (40, 10), (0, 255, 0)).save(d / "wide.BMP")
 
 
+@pytest.mark.reliability
 def test_folder_labels_modes_upscale(tmp_path):
+    """Images in modes L, LA, P, RGBA, CMYK, 16-bit grey, and smaller than data.size -> converted to RGB and upscaled, values checked"""
     _mixed_modes(tmp_path / "cats")
     _mixed_modes(tmp_path / "dogs" / "deep")
     cfg = DataConfig(name="folder", root=str(tmp_path), size=16, val_fraction=0.3, seed=1)
@@ -141,7 +145,9 @@ def test_folder_labels_modes_upscale(tmp_path):
     assert by_name["wide.BMP"][1].min() > 0.9  # 40x10 upscaled to 64x16 then cropped
 
 
+@pytest.mark.reliability
 def test_folder_unlabelled_and_bad_files(tmp_path):
+    """Unreadable / non-image file in a folder -> error naming it, or skipped with a warning when data.skip_bad_files"""
     _mixed_modes(tmp_path)
     (tmp_path / "sub").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "sub" / "x.png")
@@ -165,7 +171,9 @@ def test_folder_unlabelled_and_bad_files(tmp_path):
     assert len(ds) == 8 and bad not in ds.files
 
 
+@pytest.mark.reliability
 def test_folder_truncated_png(tmp_path):
+    """Truncated PNG in a folder -> error naming the file"""
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), np.uint8)).save(tmp_path / "t.png")
     data = (tmp_path / "t.png").read_bytes()
     (tmp_path / "t.png").write_bytes(data[: len(data) // 2])
@@ -175,7 +183,9 @@ def test_folder_truncated_png(tmp_path):
         ds.validate()
 
 
+@pytest.mark.reliability
 def test_folder_missing_or_empty(tmp_path):
+    """Missing or empty image folder -> error naming the directory"""
     with pytest.raises(FileNotFoundError, match="nope"):
         build_datasets(DataConfig(name="folder", root=str(tmp_path / "nope")))
     (tmp_path / "empty").mkdir()
@@ -184,7 +194,9 @@ def test_folder_missing_or_empty(tmp_path):
         build_datasets(DataConfig(name="folder", root=str(tmp_path / "empty")))
 
 
+@pytest.mark.reliability
 def test_cifar10_missing(tmp_path):
+    """CIFAR-10 files missing without data.download -> error saying how to get them"""
     with pytest.raises(FileNotFoundError, match="data.download=true"):
         build_datasets(DataConfig(name="cifar10", root=str(tmp_path)))
 
@@ -209,6 +221,8 @@ def test_cifar10_missing(tmp_path):
         (dict(download=1), "data.download"),
     ],
 )
+@pytest.mark.reliability
 def test_config_validation(kwargs, match):
+    """Bad data.* values (unknown dataset, size, fractions, types) -> error naming the key"""
     with pytest.raises(ValueError, match=match):
         DataConfig(**kwargs)

@@ -65,7 +65,9 @@ def test_sample_command_with_class_and_png_dir(trained_run, tmp_path):
     assert np.array_equal(np.load(trained_run.samples / "samples.npz")["codes_bottom"], ref)
 
 
+@pytest.mark.reliability
 def test_bad_sampling_requests_are_clear_errors(trained_run, capsys):
+    """--class outside the model's classes, --n 0, unknown --level -> error naming the value and what is accepted"""
     assert _cli("sample", "--run-dir", str(trained_run.root), "--class", "5") == 2
     assert "--class 5 is outside the model's classes [0, 1]" in capsys.readouterr().err
     assert _cli("sample", "--run-dir", str(trained_run.root), "--n", "0") == 2
@@ -74,7 +76,9 @@ def test_bad_sampling_requests_are_clear_errors(trained_run, capsys):
     assert "--level 'middle'" in capsys.readouterr().err
 
 
+@pytest.mark.reliability
 def test_codes_of_another_vqvae_are_refused(trained_run, tmp_path):
+    """Codes extracted with another VQ-VAE's weights -> refused, saying to re-run extract-codes"""
     shutil.copytree(trained_run.root, tmp_path / "copy")
     trained_run = RunDir(tmp_path / "copy")
     meta_path = trained_run.codes / "codes.json"
