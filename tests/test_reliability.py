@@ -14,13 +14,13 @@ import torch
 from safetensors.torch import load_file
 
 from pipelines.artifacts import RunDir, atomic_write, save_training_state, find_training_state
-from pipelines.cli import main
+from pipelines.cli import load_run_config, main
 from pipelines.config import TrainConfig, resolve_config
 from pipelines.train import TrainingError, train
 from vqvae2.config import VQVAEConfig
 from vqvae2.vqvae import VQVAE2
 
-from conftest import folder_overrides, make_image_folder
+from conftest import TINY_EVAL, TINY_PRIORS, folder_overrides, make_image_folder
 
 pytestmark = pytest.mark.reliability
 REPO = Path(__file__).resolve().parents[1]
@@ -68,22 +68,50 @@ def long_overrides(tmp_path):
     return [*folder_overrides(folder), "train_vqvae.steps=150", "train_vqvae.save_every=5", "train_vqvae.log_every=1"]
 
 
-def test_sigkill_mid_training_resumes_to_the_same_weights(tmp_path, long_overrides):
-    """SIGKILL during train-vqvae, then the same command again -> resumes from the last state; final weights equal an uninterrupted run's"""
+STAGES = {  # stage -> (command, stage directory, training section)
+    "vqvae": (["train-vqvae"], "vqvae", "train_vqvae"),
+    "prior": (["train-prior", "--level", "bottom"], "prior-bottom", "train_prior"),
+    "classifier": (["train-classifier"], "classifier", "train_classifier"),
+}
+
+
+def _prepare(run: Path, folder: Path, stage: str) -> None:
+    """RUN/config.json for a long run of `stage` and, for a prior, the VQ-VAE and codes it needs."""
+    _, _, section = STAGES[stage]
+    overrides = [*folder_overrides(folder), *TINY_PRIORS, *TINY_EVAL, f"{section}.steps=150",
+                 f"{section}.save_every=5", f"{section}.log_every=1", f"{section}.batch_size=4"]
+    if stage == "prior":
+        assert main(_cli_args("train-vqvae", run, [*overrides, "train_vqvae.steps=4"])) == 0
+        assert main(["extract-codes", "--run-dir", str(run)]) == 0
+    else:
+        load_run_config(RunDir(run), "demo", overrides)
+
+
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_sigkill_mid_training_resumes_to_the_same_weights(tmp_path, stage):
+    """SIGKILL during train-vqvae / train-prior / train-classifier, then the same command again -> resumes from the last state; final weights equal an uninterrupted run's"""
+    command, stage_dir, _ = STAGES[stage]
+    folder = make_image_folder(tmp_path / "images")
     full, cut = tmp_path / "full", tmp_path / "cut"
-    proc = _spawn(_cli_args("train-vqvae", full, long_overrides))  # same thread count as the runs below
+    for run in (full, cut):
+        _prepare(run, folder, stage)
+    proc = _spawn([*command, "--run-dir", str(full)])  # same thread count as the runs below
     assert proc.wait(timeout=300) == 0
-    proc = _spawn(_cli_args("train-vqvae", cut, long_overrides))
-    assert _wait_for(lambda: _progress_step(cut / "vqvae" / "state") >= 10, proc), proc.communicate()[0][-2000:]
+    state = cut / stage_dir / "state"
+    proc = _spawn([*command, "--run-dir", str(cut)])
+    assert _wait_for(lambda: _progress_step(state) >= 10, proc), proc.communicate()[0][-2000:]
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    killed_at = _progress_step(cut / "vqvae" / "state")
-    assert 10 <= killed_at < 150 and not (cut / "vqvae" / "metrics.json").exists()
-    proc = _spawn(_cli_args("train-vqvae", cut, [], preset=False))
+    killed_at = _progress_step(state)
+    assert 10 <= killed_at < 150 and not (cut / stage_dir / "metrics.json").exists()
+    proc = _spawn([*command, "--run-dir", str(cut)])
     out = proc.communicate(timeout=300)[0]
-    assert proc.returncode == 0 and f"resuming from {cut / 'vqvae' / 'state'} at step {killed_at}" in out
-    assert _same_weights(full / "vqvae" / "model.safetensors", cut / "vqvae" / "model.safetensors")
+    assert proc.returncode == 0 and f"resuming from {state} at step {killed_at}" in out, out[-2000:]
+    weights = sorted(p.relative_to(full) for p in (full / stage_dir).rglob("model.safetensors"))
+    assert weights and weights == sorted(p.relative_to(cut) for p in (cut / stage_dir).rglob("model.safetensors"))
+    for w in weights:
+        assert _same_weights(full / w, cut / w), w
 
 
 def test_sigterm_saves_state_before_exiting(tmp_path, long_overrides):
