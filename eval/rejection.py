@@ -44,6 +44,8 @@ def rejection_sample(
 
     probs: (N, num_classes) classifier probabilities of the N candidates.
     target_classes: the intended class of each candidate (N,), or one int for all; None = unconditional.
+    With target classes the selection is made per class (class-balanced): each class keeps as many
+    as it has among the first n candidates, the ones with the highest probability of that class.
     """
     probs = torch.as_tensor(probs)
     m = candidates_needed(n, rate)
@@ -66,6 +68,18 @@ def rejection_sample(
             raise ValueError(f"target_classes must be in [0, {p.shape[1]}), got values "
                              f"{int(target.min())}..{int(target.max())}")
         scores = p.gather(1, target[:, None]).squeeze(1)  # (m,)
+        # class by class: each class keeps as many samples as it has among the first n candidates,
+        # so rejection changes how typical the samples are, not which classes they show
+        kept = []
+        for c in target[:n].unique():
+            members = (target == c).nonzero().squeeze(1)  # (m_c,) in candidate order
+            k = int((target[:n] == c).sum())
+            if len(members) < k:
+                raise ValueError(f"class {int(c)} has {len(members)} of the first {m} candidates, fewer than the "
+                                 f"{k} it needs; spread the intended classes evenly over the candidates")
+            order = torch.sort(scores[members], descending=True, stable=True).indices
+            kept.append(members[order[:k]])
+        return torch.cat(kept).sort().values
     # stable: among equal scores the earlier candidate wins, so r = 1 keeps exactly the first n
     order = torch.sort(scores, descending=True, stable=True).indices
     return order[:n].sort().values

@@ -38,9 +38,22 @@ def test_conditional_scores_the_intended_class():
     assert rejection_sample(range(4), probs, 1, 0.25, 0).tolist() == [0]  # one int for every candidate
 
 
+def test_conditional_rejection_keeps_the_class_balance():
+    # class 0 candidates are all confidently recognised, class 1 ones poorly: a global top-n would keep
+    # only class 0; per class, each keeps as many as it has among the first n, its best ones
+    target = torch.tensor([0, 1] * 6)
+    score = torch.tensor([0.99, 0.30, 0.98, 0.60, 0.97, 0.20, 0.96, 0.50, 0.95, 0.10, 0.94, 0.40])
+    probs = torch.stack([torch.where(target == 0, score, 1 - score), torch.where(target == 1, score, 1 - score)], 1)
+    idx = rejection_sample(range(12), probs, 4, 1 / 3, target)
+    assert idx.tolist() == [0, 2, 3, 7]  # class 0: its first two (0.99, 0.98); class 1: 0.60 and 0.50
+    assert target[idx].tolist().count(1) == 2
+
+
 def test_rate_one_keeps_the_first_n():
     probs = torch.rand(10, 5, generator=torch.Generator().manual_seed(0)).softmax(1)
     assert rejection_sample(range(10), probs, 6, 1.0).tolist() == list(range(6))
+    target = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])
+    assert rejection_sample(range(10), probs, 6, 1.0, target).tolist() == list(range(6))
 
 
 def test_candidates_needed():
