@@ -26,8 +26,8 @@ def stage_vqvae(cfg: PipelineConfig, run: RunDir, force: bool = False) -> None:
     if not force and _done(run, run.vqvae, h):
         _log(f"[vqvae] up to date ({run.vqvae}/metrics.json); skipping")
         return
-    if (run.vqvae / "metrics.json").exists():  # finished for another config: start again
-        shutil.rmtree(run.vqvae)
+    if force or (run.vqvae / "metrics.json").exists():  # forced, or finished for another config: start again
+        shutil.rmtree(run.vqvae, ignore_errors=True)
     m = stage1.train_vqvae(cfg, run)
     if m is not None:
         _log(f"[vqvae] val mse {m['mse']:.5f}  psnr {m['psnr']:.2f} dB  codes used {m['codes_used']}  "
@@ -54,8 +54,8 @@ def stage_prior(cfg: PipelineConfig, run: RunDir, level: str, force: bool = Fals
     if not force and _done(run, d, h):
         _log(f"[prior-{level}] up to date ({d}/metrics.json); skipping")
         return
-    if (d / "metrics.json").exists():
-        shutil.rmtree(d)
+    if force or (d / "metrics.json").exists():
+        shutil.rmtree(d, ignore_errors=True)
     m = stage2.train_prior(cfg, run, level)
     if m is not None:
         _log(f"[prior-{level}] val nll {m['nll_bits']:.3f} bits/code  accuracy {m['accuracy']:.3f}")
@@ -76,8 +76,8 @@ def stage_classifier(cfg: PipelineConfig, run: RunDir, force: bool = False) -> N
     if not force and _done(run, run.classifier, stage3.classifier_hash(cfg)):
         _log(f"[classifier] up to date ({run.classifier}/metrics.json); skipping")
         return
-    if (run.classifier / "metrics.json").exists():
-        shutil.rmtree(run.classifier)
+    if force or (run.classifier / "metrics.json").exists():
+        shutil.rmtree(run.classifier, ignore_errors=True)
     m = stage3.train_classifier(cfg, run)
     if m is not None:
         accs = ", ".join(f"{k} {v['accuracy']:.4f}" for k, v in m["classifiers"].items())
