@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from .artifacts import RunDir, read_json, write_json
+from .train import TrainingError
 from .config import PipelineConfig, apply_override, config_from_dict, preset_names, resolve_config
 
 
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as e:
         print(f"vqvae2: interrupted: {e}", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, TrainingError) as e:
         print(f"vqvae2 {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -88,3 +88,21 @@ def test_codes_of_another_vqvae_are_refused(trained_run, tmp_path):
     with pytest.raises(ValueError, match="extracted with VQ-VAE weights 0123456789abcdef"):
         CodesDataset(trained_run, "train", "bottom")
     assert _cli("train-prior", "--run-dir", str(trained_run.root), "--level", "top", "--force") == 2
+
+
+def test_stages_with_different_precisions_in_one_process_and_force(tmp_path):
+    """bf16 VQ-VAE then fp32 priors in one `run` (accelerate's global state is reset between them);
+    `run --force` starts again even over a stale state saved for another configuration."""
+    run = tmp_path / "run"
+    overrides = [*folder_overrides(make_image_folder(tmp_path / "images")), *TINY_PRIORS,
+                 "train_vqvae.mixed_precision='bf16'"]
+    assert _cli("run", "--preset", "demo", "--run-dir", str(run), "--until", "priors", overrides=overrides) == 0
+    assert json.loads((run / "vqvae" / "metrics.json").read_text())["mixed_precision"] == "bf16"
+    assert (run / "prior-bottom" / "metrics.json").is_file()
+    # a state left by another configuration is refused without --force, and cleared with it
+    (run / "vqvae" / "metrics.json").unlink()
+    progress = run / "vqvae" / "state" / "progress.json"
+    progress.write_text(json.dumps({**json.loads(progress.read_text()), "config_hash": "stale"}))
+    assert _cli("train-vqvae", "--run-dir", str(run)) == 2
+    assert _cli("run", "--run-dir", str(run), "--until", "vqvae", "--force") == 0
+    assert (run / "vqvae" / "metrics.json").is_file()
