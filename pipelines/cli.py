@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 
@@ -133,23 +132,17 @@ def _dispatch(args, run: RunDir) -> int:
     if args.command == "run":
         pipeline.run_all(cfg, run, force=args.force, until=args.until)
     elif args.command == "train-vqvae":
-        if args.force:
-            shutil.rmtree(run.vqvae, ignore_errors=True)
-        pipeline.stage_vqvae(cfg, run)
+        pipeline.stage_vqvae(cfg, run, force=args.force)
     elif args.command == "extract-codes":
         pipeline.stage_codes(cfg, run)
     elif args.command == "train-prior":
         if args.level not in cfg.vqvae.levels:
             raise ValueError(f"--level {args.level!r}: the VQ-VAE's levels are {cfg.vqvae.levels}")
-        if args.force:
-            shutil.rmtree(run.prior(args.level), ignore_errors=True)
-        pipeline.stage_prior(cfg, run, args.level)
+        pipeline.stage_prior(cfg, run, args.level, force=args.force)
     elif args.command == "sample":
         pipeline.stage_sample(cfg, run, png_dir=args.png_dir)
     elif args.command == "train-classifier":
-        if args.force:
-            shutil.rmtree(run.classifier, ignore_errors=True)
-        pipeline.stage_classifier(cfg, run)
+        pipeline.stage_classifier(cfg, run, force=args.force)
     elif args.command == "evaluate":
         pipeline.stage_eval(cfg, run)
     return 0

@@ -88,7 +88,7 @@ def sample_stage(cfg: PipelineConfig, run: RunDir, png_dir: Path | None = None) 
         arrays["classifier_probs"] = scores
     save_npz(run.samples / "samples.npz", **arrays)
     nrow = max(1, min(n_classes, 10)) if n_classes and s.class_label < 0 else 8
-    save_png(run.samples / "grid.png", grid_image(images[:max(nrow, 64 // nrow * nrow)], nrow=nrow))
+    save_png(run.samples / "grid.png", grid_image(images[:64 // nrow * nrow], nrow=nrow))
     if png_dir is not None:
         from PIL import Image
         png_dir.mkdir(parents=True, exist_ok=True)
