@@ -65,7 +65,12 @@ def main() -> None:
         "provenance": report["provenance"], "classifier_seconds": classifier_seconds, "eval_seconds": eval_seconds,
         "torch": torch.__version__,
     }
+    # precision is a mean of n_samples 0/1 indicators: its binomial standard error, and that of the
+    # difference between acceptance rates 0.1 and 1.0 (nearly independent sample sets)
+    result["precision_stderr"] = [(p * (1 - p) / args.n_samples) ** 0.5 for p in result["precision"]]
     i1, i01 = result["acceptance_rates"].index(1.0), result["acceptance_rates"].index(0.1)
+    result["precision_gain_at_0.1"] = result["precision"][i01] - result["precision"][i1]
+    result["precision_gain_stderr"] = (result["precision_stderr"][i01] ** 2 + result["precision_stderr"][i1] ** 2) ** 0.5
     result["passed"] = {
         "fd_domain_lower_at_0.1": result["fd_domain"][i01] < result["fd_domain"][i1],
         "precision_higher_at_0.1": result["precision"][i01] > result["precision"][i1],

@@ -45,6 +45,20 @@ class TrainConfig:
 
 
 @dataclass
+class ClassifierTrainConfig(TrainConfig):
+    """Training of the stage-3 classifiers: a TrainConfig plus the rejection network's mixup."""
+
+    # mixup (Zhang et al., 2018) for the rejection classifier only: each image is blended with another of
+    # the batch, weight ~ Beta(a, a), and the labels in the same proportion. Its probabilities then fall
+    # on atypical images instead of saturating, so rejection keeps typical samples. 0 = cross-entropy.
+    rejection_mixup: float = 0.4
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.rejection_mixup >= 0, f"rejection_mixup must be >= 0, got {self.rejection_mixup}")
+
+
+@dataclass
 class SampleConfig:
     n: int = 64
     batch_size: int = 64
@@ -95,7 +109,7 @@ class PipelineConfig:
     train_prior: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     classifier: dict = field(default_factory=dict)  # ClassifierConfig settings
-    train_classifier: TrainConfig = field(default_factory=TrainConfig)
+    train_classifier: ClassifierTrainConfig = field(default_factory=ClassifierTrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:

@@ -4,6 +4,8 @@ Two classifiers are trained from different seeds: `classifier/` is the domain fe
 (FD-domain, KID, precision/recall) and `classifier/rejection/` scores candidates for rejection
 sampling, so the samples are not filtered by the network that then scores them. Setting
 `eval.rejection_classifier = "same"` uses one network for both, and the report says so.
+The rejection network is trained with mixup (`train_classifier.rejection_mixup`), which keeps its
+probabilities from saturating on atypical images; the feature network with plain cross-entropy.
 """
 from __future__ import annotations
 
@@ -48,12 +50,28 @@ def classifier_hash(cfg: PipelineConfig) -> str:
                        {"rejection": cfg.eval.rejection_classifier})
 
 
-def classifier_loss(model, batch):
-    x, y = batch
-    flip = torch.rand(len(x), 1, 1, 1, device=x.device) < 0.5  # horizontal flips: the only augmentation
-    logits = model(torch.where(flip, x.flip(-1), x))
-    loss = F.cross_entropy(logits.float(), y)
-    return loss, {"accuracy": (logits.argmax(1) == y).float().mean()}
+def classifier_loss(mixup: float = 0.0):
+    """The classifiers' loss: cross-entropy on randomly flipped images (the only augmentation); with
+    mixup > 0, each image is blended with another of the batch, weight lam ~ Beta(mixup, mixup) drawn
+    from the global CPU generator (restored on resume), and the loss mixes both labels by lam."""
+
+    def loss_fn(model, batch):
+        x, y = batch
+        flip = torch.rand(len(x), 1, 1, 1, device=x.device) < 0.5
+        x = torch.where(flip, x.flip(-1), x)
+        if mixup <= 0:
+            logits = model(x)
+            return F.cross_entropy(logits.float(), y), {"accuracy": (logits.argmax(1) == y).float().mean()}
+        lam = torch.distributions.Beta(mixup, mixup).sample((len(x),)).to(x.device)  # (B,)
+        perm = torch.randperm(len(x)).to(x.device)
+        w = lam.view(-1, 1, 1, 1)
+        logits = model(w * x + (1 - w) * x[perm]).float()
+        loss = (lam * F.cross_entropy(logits, y, reduction="none")
+                + (1 - lam) * F.cross_entropy(logits, y[perm], reduction="none")).mean()
+        major = torch.where(lam >= 0.5, y, y[perm])  # the label with the larger share
+        return loss, {"accuracy": (logits.argmax(1) == major).float().mean()}
+
+    return loss_fn
 
 
 def train_classifier(cfg: PipelineConfig, run: RunDir) -> dict | None:
@@ -71,15 +89,17 @@ def train_classifier(cfg: PipelineConfig, run: RunDir) -> dict | None:
     metrics = {}
     for offset, (role, out_dir) in enumerate(classifier_dirs(cfg, run).items()):
         tcfg = dataclasses.replace(cfg.train_classifier, seed=cfg.train_classifier.seed + offset)
+        mixup = tcfg.rejection_mixup if role == "rejection" else 0.0
         acc = make_accelerator(tcfg)
         torch.manual_seed(tcfg.seed)
-        result = train(Classifier(ccfg), train_set, tcfg, out_dir, classifier_loss, {"config_hash": h, "role": role},
+        result = train(Classifier(ccfg), train_set, tcfg, out_dir, classifier_loss(mixup),
+                       {"config_hash": h, "role": role},
                        accelerator=acc, desc=f"train-classifier {role}")
         if acc.is_main_process:
             model = result.model.eval()
             accuracy = evaluate_accuracy(model, DataLoader(val_set, batch_size=512))
             metrics[role] = {"accuracy": accuracy, "steps": result.steps, "images_per_second": result.items_per_second,
-                             "weights_hash": weights_hash(model), "seed": tcfg.seed}
+                             "weights_hash": weights_hash(model), "seed": tcfg.seed, "mixup": mixup}
             model.save_pretrained(out_dir, extra={"config_hash": h})
     if not PartialState().is_main_process:
         return None
@@ -162,6 +182,7 @@ def evaluate(cfg: PipelineConfig, run: RunDir) -> dict | None:
         rejection_classifier=str(dirs.get("rejection", dirs["features"]).relative_to(run.root)),
         rejection_classifier_hash=weights_hash(reject_net),
         rejection_is_feature_network=e.rejection_classifier == "same",
+        rejection_classifier_mixup=cfg.train_classifier.rejection_mixup if "rejection" in dirs else 0.0,
         feature_network=str(dirs["features"].relative_to(run.root)) if e.feature_extractor == "domain" else "inception",
         class_conditional=n_classes > 0, temperature=e.temperature, sampler=cfg.sample.sampler,
         torch_fidelity_version=torch_fidelity.__version__,

@@ -67,3 +67,40 @@ def test_predict_proba_and_accuracy():
     labels = probs.argmax(1)
     loader = [(images[:6], labels[:6]), (images[6:], (labels[6:] + 1) % 5)]  # 6 right, 4 wrong
     assert evaluate_accuracy(model, loader) == pytest.approx(0.6)
+
+
+def _tiny_batch():
+    torch.manual_seed(0)
+    return torch.rand(6, 1, 8, 8) * 2 - 1, torch.tensor([0, 1, 2, 0, 1, 2])
+
+
+def test_mixup_loss_blends_images_and_labels():
+    from pipelines.stage3 import classifier_loss
+    model = Classifier(ClassifierConfig(channels=[4], image_size=8, num_classes=3, dropout=0.0)).eval()
+    x, y = _tiny_batch()
+    torch.manual_seed(1)
+    loss, logs = classifier_loss(0.4)(model, (x, y))
+    # the same draws by hand: flips, then lam ~ Beta(0.4, 0.4), then the partner permutation
+    torch.manual_seed(1)
+    flip = torch.rand(6, 1, 1, 1) < 0.5
+    xf = torch.where(flip, x.flip(-1), x)
+    lam = torch.distributions.Beta(0.4, 0.4).sample((6,))
+    perm = torch.randperm(6)
+    logits = model(lam.view(-1, 1, 1, 1) * xf + (1 - lam.view(-1, 1, 1, 1)) * xf[perm])
+    ce = torch.nn.functional.cross_entropy
+    expected = (lam * ce(logits, y, reduction="none") + (1 - lam) * ce(logits, y[perm], reduction="none")).mean()
+    assert torch.allclose(loss, expected, atol=1e-6)
+    assert not torch.equal(lam.round(), lam)  # some images really were blended
+    major = torch.where(lam >= 0.5, y, y[perm])
+    assert torch.isclose(logs["accuracy"], (logits.argmax(1) == major).float().mean())
+    # mixup 0 is plain cross-entropy on the flipped images
+    torch.manual_seed(1)
+    plain, _ = classifier_loss(0.0)(model, (x, y))
+    assert torch.allclose(plain, ce(model(xf), y), atol=1e-6)
+    assert not torch.allclose(plain, loss)
+
+
+def test_rejection_mixup_must_not_be_negative():
+    from pipelines.config import resolve_config
+    with pytest.raises(ValueError, match="train_classifier.rejection_mixup must be >= 0, got -0.1"):
+        resolve_config("demo", ["train_classifier.rejection_mixup=-0.1"])

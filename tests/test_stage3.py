@@ -50,6 +50,10 @@ def test_tiny_end_to_end_run_writes_the_report(evaluated_run):
 def test_classifier_metrics_and_both_networks_saved(evaluated_run):
     m = json.loads((evaluated_run / "classifier" / "metrics.json").read_text())
     assert set(m["classifiers"]) == {"features", "rejection"}
+    # mixup trains the rejection network only; the report says so
+    assert m["classifiers"]["features"]["mixup"] == 0.0 and m["classifiers"]["rejection"]["mixup"] == 0.4
+    report = json.loads((evaluated_run / "eval" / "report.json").read_text())
+    assert report["provenance"]["rejection_classifier_mixup"] == 0.4
     assert 0.0 <= m["accuracy"] <= 1.0 and m["num_classes"] == 2
     assert (evaluated_run / "classifier" / "rejection" / "model.safetensors").is_file()
 
