@@ -72,6 +72,8 @@ STAGES = {  # stage -> (command, stage directory, training section)
     "vqvae": (["train-vqvae"], "vqvae", "train_vqvae"),
     "prior": (["train-prior", "--level", "bottom"], "prior-bottom", "train_prior"),
     "classifier": (["train-classifier"], "classifier", "train_classifier"),
+    # killed while the second (rejection, mixup-trained) network trains, the first one finished
+    "rejection-classifier": (["train-classifier"], "classifier/rejection", "train_classifier"),
 }
 
 
