@@ -58,6 +58,9 @@ def main() -> None:
     init_processes()
     run = RunDir(args.run_dir)
     cfg = load_run_config(run, None, [])
+    bad = [c for c in args.classifier if "=" not in c]
+    if bad:
+        sys.exit(f"--classifier takes NAME=DIR, got {bad[0]!r}")
     specs = dict(c.split("=", 1) for c in args.classifier) or {"rejection": str(run.classifier / "rejection")}
     if args.n_candidates < 10 * len(RATES) or args.n_candidates % 10:
         sys.exit(f"--n-candidates must be a multiple of 10 and at least {10 * len(RATES)}, got {args.n_candidates}")
