@@ -1,8 +1,11 @@
 """torch-fidelity feature extractors: `inception` (inception-v3-compat, standard weights) and `domain`.
 
 An `ExtractorSpec` says which registered torch-fidelity extractor to use, the hash of its weights
-and the extra keyword arguments `torch_fidelity.calculate_metrics` needs for it. Nothing here
-downloads anything: missing Inception weights are an error saying where to put the file.
+and the extra keyword arguments its constructor takes. Nothing here downloads anything: missing
+Inception weights are an error saying where to put the file. No path ever reaches torch-fidelity:
+it builds extractors by name from its registry, and the classes registered here carry weights that
+were already loaded safely (`torch.load(weights_only=True)` for the Inception .pth, the run's
+classifier for `domain`).
 """
 from __future__ import annotations
 
@@ -15,12 +18,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 
 from .classifier import Classifier, weights_hash
 
 INCEPTION_NAME = "inception-v3-compat"
 INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
+INCEPTION_SHA256_PREFIX = "6726825d"  # torch.hub convention: the file name ends with its SHA-256's first digits
+INCEPTION_PREFIX = "vqvae2-inception-"
 INCEPTION_WEIGHTS_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
                          + INCEPTION_WEIGHTS_FILE)
 DOMAIN_PREFIX = "vqvae2-domain-"
@@ -30,13 +36,17 @@ DOMAIN_PREFIX = "vqvae2-domain-"
 class ExtractorSpec:
     kind: str  # "inception", "domain", or anything registered by hand (tests)
     name: str  # the name registered with torch-fidelity
-    weights_hash: str
+    weights_hash: str  # the weights file's full SHA-256 (inception) or a hash of the state dict (domain)
     fidelity_kwargs: dict[str, Any] = field(default_factory=dict)
+    standard: bool = False  # inception only: the file is the standard FID weights (by SHA-256)
 
     @property
     def fd_label(self) -> str:
-        # only the real Inception network gives an FID; anything else is a Frechet distance in its own space
-        return "FID" if self.kind == "inception" else f"FD-{self.kind}"
+        # only the real Inception network with the standard weights gives an FID; anything else is a
+        # Frechet distance in its own space
+        if self.kind == "inception":
+            return "FID" if self.standard else f"FD-inception (non-standard weights, sha256 {self.weights_hash[:16]})"
+        return f"FD-{self.kind}"
 
 
 # inception
@@ -54,26 +64,91 @@ def _missing_inception_message(path: Path, given: bool) -> str:
             f"reported as FD-domain.")
 
 
-def _file_hash(path: Path) -> str:
+def file_sha256(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
-    return h.hexdigest()[:12]
+    return h.hexdigest()
+
+
+def load_inception_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The Inception weights file as a plain state dict, read with `weights_only=True`.
+
+    torch-fidelity 0.4.0 would unpickle the file with weights_only=False, which runs any
+    code a crafted pickle carries. Here the unpickler only rebuilds tensors and containers; anything
+    else is refused before it runs, and the error names the file."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError, RuntimeError, EOFError, ...: all mean "not a plain state dict"
+        raise ValueError(
+            f"Inception weights file {path} is not a plain state dict of tensors ({_load_failure(e)}); it was "
+            f"refused before anything in it could run. Use the standard file {INCEPTION_WEIGHTS_FILE} from "
+            f"{INCEPTION_WEIGHTS_URL}") from None
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise ValueError(f"Inception weights file {path} does not hold a state dict (name -> tensor), "
+                         f"got {type(state).__name__}")
+    return state
+
+
+def _load_failure(e: Exception) -> str:
+    """The informative line of a refused load (torch's own message goes on to suggest weights_only=False)."""
+    boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation")
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip() and not ln.strip().startswith(boilerplate)]
+    return f"{type(e).__name__}: {' '.join(lines)[:200]}" if lines else type(e).__name__
+
+
+class SafeInceptionV3(FeatureExtractorInceptionV3):
+    """torch-fidelity's `inception-v3-compat` network, built from a state dict that was already loaded
+    safely. Subclasses made by `inception_extractor` carry the state dict as `state`; torch-fidelity
+    builds them by name from its registry and never sees a path."""
+
+    state: dict[str, torch.Tensor] | None = None
+
+    def __init__(self, name, features_list, feature_extractor_weights_path=None,
+                 feature_extractor_internal_dtype=None, **kwargs):
+        if feature_extractor_weights_path is not None:
+            raise ValueError("SafeInceptionV3 takes its weights from eval.features.inception_extractor, never a path")
+        if self.state is None:
+            raise TypeError("use eval.features.inception_extractor(path), not SafeInceptionV3 directly")
+        # FeatureExtractorInceptionV3.__init__ builds the layers, then loads "from the URL" when no path is
+        # given: that loader is swapped for one handing over the verified state dict (strict load_state_dict)
+        import torch_fidelity.feature_extractor_inceptionv3 as tf_inception
+        original, state = tf_inception.load_state_dict_from_url, self.state
+        tf_inception.load_state_dict_from_url = lambda *a, **k: state
+        try:
+            super().__init__(name, features_list,  # no weights path: the (swapped) URL loader is used
+                             feature_extractor_internal_dtype=feature_extractor_internal_dtype, **kwargs)
+        finally:
+            tf_inception.load_state_dict_from_url = original
 
 
 def inception_extractor(weights_path: str | Path | None = None, internal_dtype: str | None = None) -> ExtractorSpec:
-    """torch-fidelity's inception-v3-compat with weights read from `weights_path` or torch's hub cache."""
+    """torch-fidelity's inception-v3-compat network with weights read safely from `weights_path` or
+    torch's hub cache. The file's SHA-256 decides the label: the standard weights (whose name carries
+    the first hex digits of its SHA-256) give "FID", any other file "FD-inception (non-standard ...)"."""
     given = weights_path is not None
     path = Path(weights_path) if given else default_inception_weights_path()
     if not path.is_file():
         raise FileNotFoundError(_missing_inception_message(path, given))
     if internal_dtype not in (None, "float32", "float64"):
         raise ValueError(f"internal_dtype must be None, 'float32' or 'float64', got {internal_dtype!r}")
-    kwargs: dict[str, Any] = {"feature_extractor_weights_path": str(path)}
+    sha = file_sha256(path)
+    name = f"{INCEPTION_PREFIX}{sha[:16]}"
+    if name not in FEATURE_EXTRACTORS_REGISTRY:
+        cls = type(f"SafeInceptionV3_{sha[:16]}", (SafeInceptionV3,), {"state": load_inception_state_dict(path)})
+        try:  # built once here so that a state dict with other names or shapes is refused now, naming the file
+            cls(name, ["2048"])
+        except RuntimeError as e:
+            raise ValueError(f"Inception weights file {path} does not match the inception-v3-compat network: "
+                             f"{str(e)[:600]}") from None
+        register_feature_extractor(name, cls)
+    kwargs: dict[str, Any] = {}
     if internal_dtype is not None:
         kwargs["feature_extractor_internal_dtype"] = internal_dtype
-    return ExtractorSpec("inception", INCEPTION_NAME, _file_hash(path), kwargs)
+    return ExtractorSpec("inception", name, sha, kwargs, standard=sha.startswith(INCEPTION_SHA256_PREFIX))
 
 
 # domain

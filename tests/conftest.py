@@ -53,3 +53,44 @@ TINY_EVAL = [
     "train_classifier.warmup_steps=1", "train_classifier.mixed_precision='no'", "train_classifier.log_every=1",
     "eval.n_samples=10", "eval.acceptance_rates=[1.0, 0.5]", "eval.kid_subset_size=4", "eval.batch_size=8",
 ]
+
+
+def random_inception_state(seed: int = 0) -> dict:
+    """A state dict with exactly the keys and shapes of torch-fidelity's inception-v3-compat network
+    (what the standard weights file holds), filled with random values made here."""
+    from collections import OrderedDict
+
+    import torch_fidelity.feature_extractor_inceptionv3 as tf_inception
+
+    class Layers(tf_inception.FeatureExtractorInceptionV3):
+        def load_state_dict(self, state_dict, strict=True, assign=False):  # build the layers, load nothing
+            return None
+
+    original = tf_inception.load_state_dict_from_url
+    tf_inception.load_state_dict_from_url = lambda *a, **k: None
+    try:
+        torch.manual_seed(seed)
+        net = Layers("layers", ["2048"])  # conv and linear weights: torch's default random init
+    finally:
+        tf_inception.load_state_dict_from_url = original
+    g = torch.Generator().manual_seed(seed)
+    state = OrderedDict()
+    for key, t in net.state_dict().items():
+        if t.dim() >= 2:  # conv / linear weights: He-normal, so that different images keep different features
+            fan_in = t[0].numel()
+            t = torch.randn(t.shape, generator=g) * (2.0 / fan_in) ** 0.5
+        elif key.endswith("running_var") or key.endswith(".weight"):
+            t = 0.8 + 0.4 * torch.rand(t.shape, generator=g)  # batch-norm scales and variances stay positive
+        elif key.endswith(("running_mean", ".bias")):
+            t = 0.05 * torch.randn(t.shape, generator=g)
+        else:
+            t = t.clone()  # num_batches_tracked
+        state[key] = t
+    return state
+
+
+def write_inception_weights(path, seed: int = 0, legacy: bool = False):
+    """torch.save of a plain state dict, as the standard file is (zip format, or the legacy one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(random_inception_state(seed), path, _use_new_zipfile_serialization=not legacy)
+    return path

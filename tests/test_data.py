@@ -1,4 +1,5 @@
 import gzip
+import os
 import struct
 
 import numpy as np
@@ -198,6 +199,59 @@ def test_folder_missing_or_empty(tmp_path):
 def test_cifar10_missing(tmp_path):
     """CIFAR-10 files missing without data.download -> error saying how to get them"""
     with pytest.raises(FileNotFoundError, match="data.download=true"):
+        build_datasets(DataConfig(name="cifar10", root=str(tmp_path)))
+
+
+def _write_cifar_bin(path, labels, rng):
+    """Records of the CIFAR-10 binary version: a label byte, then 1024 red, 1024 green, 1024 blue bytes."""
+    planes = rng.integers(0, 256, (len(labels), 3, 32, 32), dtype=np.uint8)
+    records = np.concatenate([np.asarray(labels, np.uint8)[:, None], planes.reshape(len(labels), -1)], axis=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    records.tofile(path)
+    return planes
+
+
+def test_cifar10_binary_version_is_read_record_by_record(tmp_path):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "cifar-10-batches-bin"
+    planes = {}
+    for i in range(1, 6):
+        planes[i] = _write_cifar_bin(folder / f"data_batch_{i}.bin", [i, 9, 0], rng)
+    test_planes = _write_cifar_bin(folder / "test_batch.bin", [3, 4], rng)
+    train, val = build_datasets(DataConfig(name="cifar10", root=str(tmp_path), size=32))
+    assert len(train) == 15 and len(val) == 2 and train.num_classes == 10 and train.class_names[0] == "airplane"
+    assert train.labels.tolist()[:6] == [1, 9, 0, 2, 9, 0] and val.labels.tolist() == [3, 4]
+    # pixel (row 5, column 7) of the second test image: its red, green and blue planes
+    x, y = val[1]
+    expected = test_planes[1, :, 5, 7].astype(np.float32) / 127.5 - 1
+    assert int(y) == 4 and np.allclose(x[:, 5, 7].numpy(), expected)
+
+
+@pytest.mark.reliability
+def test_cifar10_pickle_version_is_refused_and_never_unpickled(tmp_path):
+    """CIFAR-10's python (pickle) batches, crafted to run code -> refused with how to get the binary version; nothing runs"""
+    import pickle
+
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for name in ["data_batch_1", "test_batch", "batches.meta"]:
+        (folder / name).write_bytes(pickle.dumps(Exploit()))
+    with pytest.raises(ValueError, match="cifar-10-binary.tar.gz"):
+        build_datasets(DataConfig(name="cifar10", root=str(tmp_path)))
+    assert not marker.exists()
+    # a truncated binary batch is named
+    _write_cifar_bin(tmp_path / "cifar-10-batches-bin" / "test_batch.bin", [1], np.random.default_rng(1))
+    for i in range(1, 6):
+        _write_cifar_bin(tmp_path / "cifar-10-batches-bin" / f"data_batch_{i}.bin", [1], np.random.default_rng(i))
+    bad = tmp_path / "cifar-10-batches-bin" / "data_batch_3.bin"
+    bad.write_bytes(bad.read_bytes()[:-5])
+    with pytest.raises(ValueError, match="data_batch_3.bin"):
         build_datasets(DataConfig(name="cifar10", root=str(tmp_path)))
 
 

@@ -8,7 +8,7 @@ from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 
 from eval.classifier import Classifier, ClassifierConfig, weights_hash
-from eval.features import ExtractorSpec, domain_extractor, inception_extractor
+from eval.features import ExtractorSpec, domain_extractor
 from eval.metrics import compute_metrics
 
 H = W = 8
@@ -159,7 +159,7 @@ def test_domain_extractor_end_to_end(channels, tmp_path):
     gen, real = big(24, 100, 11), big(30, 140, 12)
     with pytest.raises(ValueError, match="same"):
         compute_metrics(torch.from_numpy(gen), torch.from_numpy(real[:, :, :8]), spec)
-    out = metrics(gen, gen, spec, cache_root=str(tmp_path / "cache"))
+    out = metrics(gen, gen, spec)
     assert abs(out["fd"]) < 1e-4
     out = metrics(gen, real, spec)
     assert out["fd"] > 0 and out["is_mean"] >= 1.0 and 0 <= out["precision"] <= 1
@@ -183,26 +183,6 @@ def test_domain_extractor_does_not_move_or_change_the_model():
     assert model.training and next(model.parameters()).requires_grad
 
 
-def test_inception_without_weights_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="weights-inception-2015-12-05-6726825d.pth") as err:
-        inception_extractor()
-    assert "checkpoints" in str(err.value) and "never downloads" in str(err.value)
-    with pytest.raises(FileNotFoundError, match="given path"):
-        inception_extractor(tmp_path / "nope.pth")
-
-
-def test_inception_spec_passes_the_local_path(tmp_path, monkeypatch):
-    path = tmp_path / "hub" / "checkpoints" / "weights-inception-2015-12-05-6726825d.pth"
-    path.parent.mkdir(parents=True)
-    path.write_bytes(b"not really weights")
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-    spec = inception_extractor(internal_dtype="float64")
-    assert spec.name == "inception-v3-compat" and spec.fd_label == "FID"
-    assert spec.fidelity_kwargs == {"feature_extractor_weights_path": str(path),
-                                    "feature_extractor_internal_dtype": "float64"}
-    assert len(spec.weights_hash) == 12
-
-
 def test_small_sets_and_bad_arguments():
     gen, real = gaussian_images(6, 120, 40, seed=13), gaussian_images(8, 110, 40, seed=14)
     out = compute_metrics(torch.from_numpy(gen), torch.from_numpy(real), LINEAR_SPEC, kid_subsets=3)
@@ -213,3 +193,34 @@ def test_small_sets_and_bad_arguments():
         metrics(gen[:3], real, kid_subset_size=2)
     with pytest.raises(ValueError, match="uint8"):
         compute_metrics(torch.zeros(6, 3, 8, 8), torch.from_numpy(real), LINEAR_SPEC)
+
+
+def test_fd_from_saved_statistics_equals_fd_from_features(tmp_path):
+    from eval.metrics import FeatureExtractor, ReferenceStats, fd_from_stats, metrics_from_features
+    net = FeatureExtractor(LINEAR_SPEC)
+    gen = net.extract([torch.from_numpy(gaussian_images(80, 110, 30, seed=20))])
+    real = net.extract([torch.from_numpy(gaussian_images(90, 130, 40, seed=21))])
+    path = ReferenceStats.from_features(real, LINEAR_SPEC, source="test").save(tmp_path / "stats.npz")
+    with np.load(path, allow_pickle=False) as z:  # the common layout: float64 mu (D,) and sigma (D, D)
+        assert z["mu"].dtype == np.float64 and z["mu"].shape == (FEAT_DIM,) and z["sigma"].shape == (FEAT_DIM,) * 2
+    stats = ReferenceStats.load(path)
+    ref = reference_fd(gaussian_images(80, 110, 30, seed=20), gaussian_images(90, 130, 40, seed=21))
+    assert fd_from_stats(gen, stats) == pytest.approx(fd_from_stats(gen, real), rel=1e-9)
+    assert fd_from_stats(gen, stats) == pytest.approx(ref, rel=1e-5)
+    from_stats = metrics_from_features(gen, stats, LINEAR_SPEC, kid_subset_size=10, kid_subsets=5)
+    from_feats = metrics_from_features(gen, real, LINEAR_SPEC, kid_subset_size=10, kid_subsets=5)
+    assert from_stats["precision"] == from_feats["precision"] and from_stats["n_real"] == 90
+
+
+def test_statistics_of_another_extractor_are_refused(tmp_path):
+    from eval.metrics import FeatureExtractor, ReferenceStats
+    feats = FeatureExtractor(LINEAR_SPEC).extract([torch.from_numpy(gaussian_images(20, 110, 30, seed=22))])
+    stats = ReferenceStats.load(ReferenceStats.from_features(feats, LINEAR_SPEC).save(tmp_path / "s.npz"))
+    stats.check_extractor(LINEAR_SPEC)
+    with pytest.raises(ValueError, match="was made with extractor 'vqvae2-test-linear'.*'vqvae2-domain-x'"):
+        stats.check_extractor(ExtractorSpec("domain", "vqvae2-domain-x", "x"), tmp_path / "s.npz")
+    with pytest.raises(ValueError, match="weights sha256"):
+        stats.check_extractor(ExtractorSpec("linear", LINEAR, "other-weights"))
+    np.savez(tmp_path / "bare.npz", mu=np.zeros(3), sigma=np.eye(3))  # another tool's file: no provenance
+    with pytest.raises(ValueError, match="no 'extractor' array"):
+        ReferenceStats.load(tmp_path / "bare.npz")

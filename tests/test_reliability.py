@@ -211,15 +211,96 @@ def test_crafted_pickle_in_place_of_a_checkpoint_does_not_execute(tmp_path):
     assert not marker.exists()
 
 
+PROJECT_DIRS = ("vqvae2", "pipelines", "eval", "benchmarks")
+
+
+def _project_files():
+    return [p for d in PROJECT_DIRS for p in (REPO / d).rglob("*.py")]
+
+
 def test_no_pickle_loading_anywhere_in_the_code():
     """Source scan: no pickle.load / torch.load without weights_only=True / np.load with allow_pickle=True"""
     offenders = []
-    for path in list((REPO / "vqvae2").rglob("*.py")) + list((REPO / "pipelines").rglob("*.py")) + \
-            list((REPO / "eval").rglob("*.py")) + list((REPO / "benchmarks").rglob("*.py")):
+    for path in _project_files():
         for i, line in enumerate(path.read_text().splitlines(), 1):
             if "pickle.load" in line or "allow_pickle=True" in line or \
                     ("torch.load(" in line and "weights_only=True" not in line):
                 offenders.append(f"{path.relative_to(REPO)}:{i}: {line.strip()}")
+    assert offenders == []
+
+
+# Every call in torch-fidelity that can deserialise a file, and why no user path of this project reaches it.
+# A new torch-fidelity with another such call fails the test below until someone reads it and adds it here.
+TORCH_FIDELITY_LOADS = {
+    ("feature_extractor_inceptionv3.py", "__init__", "torch.load"):
+        "reached with feature_extractor_weights_path: SafeInceptionV3 refuses any path; weights come from "
+        "eval.features.load_inception_state_dict (weights_only=True)",
+    ("feature_extractor_inceptionv3.py", "__init__", "load_state_dict_from_url"):
+        "swapped by SafeInceptionV3.__init__ for the already-verified state dict; nothing is downloaded",
+    ("feature_extractor_vgg16.py", "__init__", "torch.load"): "vgg16 extractors are never built (FeatureExtractor "
+        "refuses torch-fidelity's own classes)",
+    ("feature_extractor_clip.py", "__init__", "torch.jit.load"): "clip extractors are never built",
+    ("feature_extractor_clip.py", "__init__", "load_state_dict_from_url"): "clip extractors are never built",
+    ("feature_extractor_dinov2.py", "__init__", "torch.hub.load"): "dinov2 extractors are never built",
+    ("sample_similarity_lpips.py", "__init__", "load_state_dict_from_url"): "LPIPS / PPL is never computed",
+    ("utils.py", "prepare_input_from_descriptor", "torch.jit.load"): "reached when an input is a path string; the "
+        "project never passes inputs to torch-fidelity, only features to its metric functions",
+    ("utils.py", "cache_lookup_one_recompute_on_miss", "torch.load"): "reached only with cache=True (calculate_*); "
+        "the project never calls calculate_* and keeps its statistics in .npz files read with allow_pickle=False",
+    ("utils.py", "cache_lookup_group_recompute_all_on_any_miss", "torch.load"): "as above: only with cache=True",
+}
+LOADERS = {"torch.load", "torch.jit.load", "torch.hub.load", "pickle.load", "pickle.loads", "np.load", "numpy.load",
+           "load_state_dict_from_url", "torch.hub.load_state_dict_from_url"}
+# what the project may take from torch-fidelity: registry, base classes, feature extraction, metric functions
+TORCH_FIDELITY_NAMES = {"FeatureExtractorBase", "FeatureExtractorInceptionV3", "FEATURE_EXTRACTORS_REGISTRY",
+                        "register_feature_extractor", "create_feature_extractor", "fid_features_to_statistics",
+                        "fid_statistics_to_metric", "isc_features_to_metric", "kid_features_to_metric",
+                        "prc_features_to_metric", "load_state_dict_from_url", "__version__"}
+
+
+def _dotted(node):
+    import ast
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        base = _dotted(node.value)
+        return f"{base}.{node.attr}" if base else None
+    return None
+
+
+def test_dependency_loaders_are_not_reached_with_user_paths():
+    """Source scan of dependencies: every deserialising call in torch-fidelity is listed with why no user path reaches it; the project uses only vetted torch-fidelity names and no torchvision dataset class (CIFAR-10's are pickles)"""
+    import ast
+    import torch_fidelity
+    root = Path(torch_fidelity.__file__).parent
+    found = set()
+    for path in root.rglob("*.py"):
+        for fn in ast.walk(ast.parse(path.read_text())):
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for node in ast.walk(fn):
+                    if isinstance(node, ast.Call) and _dotted(node.func) in LOADERS:
+                        found.add((path.name, fn.name, _dotted(node.func)))
+    assert found == set(TORCH_FIDELITY_LOADS), (
+        f"torch-fidelity {torch_fidelity.__version__} has loader calls not reviewed here: "
+        f"{sorted(found - set(TORCH_FIDELITY_LOADS))}; gone: {sorted(set(TORCH_FIDELITY_LOADS) - found)}")
+    used, offenders = set(), []
+    for path in _project_files():
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            where = f"{path.relative_to(REPO)}:{getattr(node, 'lineno', '?')}"
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("torch_fidelity"):
+                used |= {a.name for a in node.names}
+            elif isinstance(node, ast.Attribute) and _dotted(node) and _dotted(node).startswith("torch_fidelity."):
+                used.add(_dotted(node).split(".")[-1])
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                module = getattr(node, "module", None) or ""
+                names = [module] + [a.name for a in node.names]
+                if any(n.startswith("torchvision.datasets") or (n == "datasets" and module == "torchvision")
+                       for n in names):
+                    offenders.append(f"{where}: imports torchvision.datasets (its CIFAR-10 class unpickles files)")
+            elif isinstance(node, ast.keyword) and node.arg in ("feature_extractor_weights_path", "cache_root"):
+                offenders.append(f"{where}: passes {node.arg}= to a dependency")
+    assert used <= TORCH_FIDELITY_NAMES, f"unvetted torch-fidelity names used: {sorted(used - TORCH_FIDELITY_NAMES)}"
     assert offenders == []
 
 
