@@ -25,8 +25,8 @@ import torch  # noqa: E402
 
 from vqvae2.pretrained import atomic_write  # noqa: E402
 
-PROVENANCE_KEYS = ("extractor", "feature_extractor_name", "weights_hash", "torch_fidelity_version",
-                   "n_real", "seed", "kid_subset_size", "prc_neighborhood")
+PROVENANCE_KEYS = ("extractor", "feature_extractor_name", "weights_hash", "weights_standard",
+                   "torch_fidelity_version", "n_real", "seed", "kid_subset_size", "prc_neighborhood")
 ROW_KEYS = ("fd", "kid_mean", "kid_std", "is_mean", "is_std", "precision", "recall", "n_generated")
 
 
@@ -37,8 +37,8 @@ def _write_text(path: str | Path, text: str) -> Path:
 # assembling
 
 def build_report(by_rate: dict[float, dict[str, Any]], reconstruction: dict[str, Any] | None = None,
-                 **extra_provenance: Any) -> dict[str, Any]:
-    """Report from `compute_metrics` results keyed by acceptance rate (all from one extractor)."""
+                 warnings: list[str] | None = None, **extra_provenance: Any) -> dict[str, Any]:
+    """Report from `metrics_from_features` results keyed by acceptance rate (all from one extractor)."""
     if not by_rate:
         raise ValueError("build_report needs at least one acceptance rate")
     results = list(by_rate.values()) + ([reconstruction] if reconstruction else [])
@@ -52,7 +52,8 @@ def build_report(by_rate: dict[float, dict[str, Any]], reconstruction: dict[str,
     recon = {k: reconstruction[k] for k in ROW_KEYS} if reconstruction else None
     provenance = {k: first[k] for k in PROVENANCE_KEYS if k in first}
     provenance.update(extra_provenance)
-    return {"fd_label": first["fd_label"], "rows": rows, "reconstruction": recon, "provenance": provenance}
+    return {"fd_label": first["fd_label"], "rows": rows, "reconstruction": recon, "provenance": provenance,
+            "warnings": list(warnings or [])}
 
 
 def _check_label(report: dict[str, Any]) -> str:
@@ -63,6 +64,9 @@ def _check_label(report: dict[str, Any]) -> str:
     if label == "FID" and extractor != "inception":
         raise ValueError(f"only the inception extractor gives an FID; extractor {extractor!r} must be labelled "
                          f"'FD-{extractor}'")
+    if label == "FID" and report["provenance"].get("weights_standard") is not True:
+        raise ValueError("only the standard Inception weights (checked by SHA-256) give an FID; other weights are "
+                         "labelled 'FD-inception (non-standard weights, sha256 ...)'")
     return label
 
 
@@ -94,8 +98,10 @@ def render_markdown(report: dict[str, Any]) -> str:
                      f"{_fmt(r.get('precision'))} | {_fmt(r.get('recall'))} | {_fmt(r.get('n_generated'))} |")
     k = report.get("provenance", {}).get("prc_neighborhood", 3)
     lines += ["", f"Precision/recall: k = {k} nearest neighbours; "
-              "precision = generated inside the real manifold, recall = real inside the generated manifold.",
-              "", "## Provenance", ""]
+              "precision = generated inside the real manifold, recall = real inside the generated manifold."]
+    if report.get("warnings"):
+        lines += ["", "## Warnings", ""] + [f"- {w}" for w in report["warnings"]]
+    lines += ["", "## Provenance", ""]
     lines += [f"- {k}: {_fmt(v)}" for k, v in report.get("provenance", {}).items()]
     return "\n".join(lines) + "\n"
 
@@ -117,6 +123,8 @@ def plot_tradeoff(path: str | Path, rates: Sequence[float], fd: Sequence[float],
                          f"{len(rates)}, {len(fd)}, {len(precision)}, {len(recall)}")
     order = np.argsort(rates)
     r = np.asarray(rates, dtype=float)[order]
+    precision = [np.nan if p is None else p for p in precision]  # not computed from mu/sigma alone
+    recall = [np.nan if p is None else p for p in recall]
     fig, (ax_fd, ax_pr) = plt.subplots(1, 2, figsize=(9, 3.6), constrained_layout=True)
     ax_fd.plot(r, np.asarray(fd, dtype=float)[order], "o-", color="tab:red")
     ax_fd.set_ylabel(f"{fd_label} (lower is better)")

@@ -10,9 +10,9 @@ from .train import TrainingError
 from .config import PipelineConfig, apply_override, config_from_dict, preset_names, resolve_config
 
 
-def load_run_config(run: RunDir, preset: str | None, overrides: list[str]) -> PipelineConfig:
+def load_run_config(run: RunDir, preset: str | None, overrides: list[str], write: bool = True) -> PipelineConfig:
     """The run's configuration: the preset (+ overrides) when given, else RUN/config.json (+ overrides).
-    The resolved configuration is written back to RUN/config.json."""
+    The resolved configuration is written back to RUN/config.json (unless write=False)."""
     if preset:
         cfg = resolve_config(preset, overrides)
     elif run.config.is_file():
@@ -26,7 +26,7 @@ def load_run_config(run: RunDir, preset: str | None, overrides: list[str]) -> Pi
     else:
         raise ValueError(f"{run.config} does not exist: pass --preset (one of {preset_names()}) "
                          f"or run `vqvae2 train-vqvae --preset ... --run-dir {run.root}` first")
-    if _is_main_process():
+    if write and _is_main_process():
         write_json(run.config, cfg.to_dict())
     return cfg
 
@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class", dest="class_label", type=int, help="class index for class-conditional priors")
     p.add_argument("--seed", type=int)
     p.add_argument("--sampler", choices=["cached", "reference"])
+    p.add_argument("--format", choices=["npz", "png"],
+                   help="npz: samples/samples.npz (arr_0 uint8 N x H x W x 3); png: samples/png/*.png")
     p.add_argument("--png-dir", type=Path, help="also write one PNG per image here")
 
     p = sub.add_parser("train-classifier", help="train the domain classifier (rejection sampling, FD-domain)")
@@ -85,6 +87,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--feature-extractor", choices=["domain", "inception"])
     p.add_argument("--inception-weights", type=Path)
     p.add_argument("--n-samples", type=int)
+    p.add_argument("--reference-stats", type=Path, help="an .npz from `vqvae2 fid-stats`, used instead of "
+                   "the real images' features (refused when made with another extractor or weights)")
+
+    p = sub.add_parser("fid-stats", help="reference statistics (mu, sigma) of a data split or an image folder")
+    p.add_argument("--run-dir", type=Path, help="a run (its config; its classifier for the domain extractor)")
+    p.add_argument("--preset", help=f"a preset name ({', '.join(preset_names())}) or a .toml file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--split", default="val", choices=["train", "val"])
+    p.add_argument("--folder", type=Path, help="every image in this folder instead of a split of the data")
+    p.add_argument("--n", type=int, default=0, help="the first N images only (0 = all)")
+    p.add_argument("--feature-extractor", choices=["domain", "inception"])
+    p.add_argument("--inception-weights", type=Path)
+    p.add_argument("--no-features", action="store_true",
+                   help="write mu and sigma only (KID and precision/recall then cannot use the file)")
+    p.add_argument("--out", type=Path, required=True, help="the .npz to write")
     return parser
 
 
@@ -99,13 +116,13 @@ def init_processes() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     init_processes()
-    run = RunDir(args.run_dir)
+    run = RunDir(args.run_dir) if args.run_dir is not None else None
     try:
         return _dispatch(args, run)
     except KeyboardInterrupt as e:
         print(f"vqvae2: interrupted: {e}", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, TrainingError) as e:
+    except (ValueError, FileNotFoundError, NotADirectoryError, TrainingError) as e:
         print(f"vqvae2 {args.command}: error: {e}", file=sys.stderr)
         return 2
 
@@ -114,19 +131,21 @@ def _dispatch(args, run: RunDir) -> int:
     from . import run as pipeline
 
     overrides = list(args.overrides)
+    if args.command == "fid-stats":
+        return _fid_stats(args, run, overrides)
     if args.command == "sample":
         for key, name in (("n", "n"), ("batch_size", "batch_size"), ("temperature", "temperature"),
-                          ("top_k", "top_k"), ("class_label", "class_label"), ("seed", "seed"), ("sampler", "sampler")):
+                          ("top_k", "top_k"), ("class_label", "class_label"), ("seed", "seed"), ("sampler", "sampler"),
+                          ("format", "format")):
             value = getattr(args, key)
             if value is not None:
                 overrides.append(f"sample.{name}={value!r}" if isinstance(value, str) else f"sample.{name}={value}")
     if args.command == "evaluate":
-        if args.feature_extractor:
-            overrides.append(f"eval.feature_extractor='{args.feature_extractor}'")
-        if args.inception_weights:
-            overrides.append(f"eval.inception_weights='{args.inception_weights}'")
+        overrides += _extractor_overrides(args)
         if args.n_samples is not None:
             overrides.append(f"eval.n_samples={args.n_samples}")
+        if args.reference_stats:
+            overrides.append(f"eval.reference_stats='{args.reference_stats}'")
     cfg = load_run_config(run, getattr(args, "preset", None), overrides)
 
     if args.command == "run":
@@ -145,6 +164,33 @@ def _dispatch(args, run: RunDir) -> int:
         pipeline.stage_classifier(cfg, run, force=args.force)
     elif args.command == "evaluate":
         pipeline.stage_eval(cfg, run)
+    return 0
+
+
+def _extractor_overrides(args) -> list[str]:
+    out = []
+    if args.feature_extractor:
+        out.append(f"eval.feature_extractor='{args.feature_extractor}'")
+    if args.inception_weights:
+        out.append(f"eval.inception_weights='{args.inception_weights}'")
+    return out
+
+
+def _fid_stats(args, run: RunDir | None, overrides: list[str]) -> int:
+    from .evaluate import fid_stats
+    overrides = overrides + _extractor_overrides(args)
+    if run is None and not args.preset:
+        raise ValueError("fid-stats needs --preset (the data and its size) or --run-dir (a run's configuration)")
+    if run is not None:
+        cfg = load_run_config(run, args.preset, overrides, write=False)  # reads the run, changes nothing
+    else:
+        cfg = resolve_config(args.preset, overrides)
+    if not _is_main_process():
+        return 0
+    stats = fid_stats(cfg, run, args.out, split=args.split, folder=args.folder, n=args.n,
+                      keep_features=not args.no_features)
+    print(f"[fid-stats] {stats.n} images ({stats.source}) -> {args.out} (extractor {stats.extractor}, "
+          f"weights sha256 {stats.weights_sha256[:16]})")
     return 0
 
 

@@ -67,8 +67,10 @@ class SampleConfig:
     seed: int = 0
     sampler: str = "cached"  # "cached" or "reference"
     class_label: int = -1  # -1 = spread samples over all classes (labelled data) or unconditional
+    format: str = "npz"  # "npz": samples.npz (arr_0 uint8 N x H x W x 3, labels, codes); "png": samples/png/*.png
 
     def __post_init__(self) -> None:
+        _check(self.format in ("npz", "png"), f"sample.format must be 'npz' or 'png', got {self.format!r}")
         _check(self.n >= 1, f"sample.n must be >= 1, got {self.n}")
         _check(self.batch_size >= 1, f"sample.batch_size must be >= 1, got {self.batch_size}")
         _check(self.temperature > 0, f"sample.temperature must be > 0, got {self.temperature}")
@@ -88,6 +90,7 @@ class EvalConfig:
     seed: int = 0
     temperature: float = 1.0
     rejection_classifier: str = "separate"  # "separate": a second classifier (another seed); "same": the feature one
+    reference_stats: str = ""  # an .npz from `vqvae2 fid-stats`: used instead of the real images' features
     enabled: bool = True
 
     def __post_init__(self) -> None:

@@ -85,18 +85,20 @@ def stage_classifier(cfg: PipelineConfig, run: RunDir, force: bool = False) -> N
 
 
 def stage_eval(cfg: PipelineConfig, run: RunDir, force: bool = True) -> None:
-    from . import stage3
-    if not force and _done(run, run.eval, stage3.eval_hash(cfg, run)):
+    from . import evaluate
+    if not force and _done(run, run.eval, evaluate.eval_hash(cfg, run)):
         _log(f"[eval] up to date ({run.eval}/report.md); skipping")
         return
-    report = stage3.evaluate(cfg, run)
+    report = evaluate.evaluate(cfg, run)
     if report is not None:
         _log(f"[eval] {run.eval}/report.md, {run.eval}/tradeoff.png")
         for row in report["rows"]:
-            _log(f"  acceptance {row['acceptance_rate']:<5g} {report['fd_label']} {row['fd']:.3f}  "
-                 f"precision {row['precision']:.3f}  recall {row['recall']:.3f}")
+            pr = "" if row["precision"] is None else f"  precision {row['precision']:.3f}  recall {row['recall']:.3f}"
+            _log(f"  acceptance {row['acceptance_rate']:<5g} {report['fd_label']} {row['fd']:.3f}{pr}")
         if report["reconstruction"]:
             _log(f"  reconstruction {report['fd_label']} {report['reconstruction']['fd']:.3f} (upper bound)")
+        for w in report.get("warnings", []):
+            _log(f"  warning: {w}")
 
 
 def _read_hash(path) -> str | None:

@@ -1,7 +1,15 @@
-"""`vqvae2 sample`: top-down ancestral sampling from the priors, then the VQ-VAE decoder."""
+"""`vqvae2 sample`: top-down ancestral sampling from the priors, then the VQ-VAE decoder.
+
+Samples are drawn in batches; batch b uses a generator seeded by (seed, b) and batches are shared
+round-robin between processes, so the samples depend on neither the number of processes nor on
+whether the job was killed and resumed. The stage streams batches into a chunked store on disk
+(`samples/chunks/`), then exports `samples.npz` (`arr_0`: uint8 N x H x W x 3) or PNG files, so
+`--n 50000` runs in the memory of one batch.
+"""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -12,10 +20,13 @@ from tqdm.auto import tqdm
 from vqvae2.sampling import sample_hierarchy
 from vqvae2.vqvae import VQVAE2
 
-from .artifacts import RunDir, hash_config, save_npz, save_png, write_json
+from .artifacts import RunDir, hash_config, save_png, write_json
 from .config import PipelineConfig
 from .images import grid_image, to_uint8
+from .sample_store import SampleStore
 from .stage2 import load_priors, stage_hash as prior_hash
+
+ExtraFn = Callable[[torch.Tensor, torch.Tensor | None], dict[str, np.ndarray]]
 
 
 def device_of(state: PartialState | None = None) -> torch.device:
@@ -36,26 +47,32 @@ def sample_labels(n: int, num_classes: int, class_label: int, conditional: bool)
 
 
 @torch.no_grad()
+def sample_batch(vqvae: VQVAE2, priors, b: int, lo: int, hi: int, labels: torch.Tensor | None, seed: int,
+                 temperature: float = 1.0, top_k: int = 0, sampler: str = "cached"
+                 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Samples [lo, hi) of a run of batches: uint8 images (B, C, H, W) on CPU and codes per level."""
+    device = next(vqvae.parameters()).device
+    g = torch.Generator().manual_seed(seed * 1_000_003 + b)
+    lab = None if labels is None else labels[lo:hi].to(device)
+    codes = sample_hierarchy(priors, hi - lo, labels=lab, temperature=temperature, top_k=top_k or None,
+                             generator=g, sampler=sampler)
+    images = to_uint8(vqvae.decode_codes([c.to(device) for c in codes]))
+    return images, [c.cpu() for c in codes]
+
+
+@torch.no_grad()
 def generate(vqvae: VQVAE2, priors, n: int, labels: torch.Tensor | None, seed: int, batch_size: int,
              temperature: float = 1.0, top_k: int = 0, sampler: str = "cached", progress: bool = True,
              ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """n images (uint8, N C H W) and their codes per level. Batch b is drawn with a generator seeded
-    by (seed, b) and batches are shared round-robin between processes, so the result does not
-    depend on how many processes made it."""
+    """n images (uint8, N C H W) and their codes per level, in memory (small n; the stages use a store)."""
     state = PartialState()
-    device = state.device
     n_batches = (n + batch_size - 1) // batch_size
     mine = list(range(state.process_index, n_batches, state.num_processes))
     results = []
-    bar = tqdm(mine, desc="sample", disable=not (progress and state.is_local_main_process), dynamic_ncols=True)
-    for b in bar:
+    for b in tqdm(mine, desc="sample", disable=not (progress and state.is_local_main_process), dynamic_ncols=True):
         lo, hi = b * batch_size, min(n, (b + 1) * batch_size)
-        g = torch.Generator().manual_seed(seed * 1_000_003 + b)
-        lab = None if labels is None else labels[lo:hi].to(device)
-        codes = sample_hierarchy(priors, hi - lo, labels=lab, temperature=temperature, top_k=top_k or None,
-                                 generator=g, sampler=sampler)
-        images = to_uint8(vqvae.decode_codes([c.to(device) for c in codes]))
-        results.append((b, images, [c.cpu() for c in codes]))
+        images, codes = sample_batch(vqvae, priors, b, lo, hi, labels, seed, temperature, top_k, sampler)
+        results.append((b, images, codes))
     if state.num_processes > 1:
         results = gather_object(results)
     results.sort(key=lambda r: r[0])
@@ -64,9 +81,38 @@ def generate(vqvae: VQVAE2, priors, n: int, labels: torch.Tensor | None, seed: i
     return images, codes
 
 
+@torch.no_grad()
+def generate_to_store(vqvae: VQVAE2, priors, store: SampleStore, labels: torch.Tensor | None, seed: int,
+                      temperature: float = 1.0, top_k: int = 0, sampler: str = "cached",
+                      extra: ExtraFn | None = None, desc: str = "sample") -> None:
+    """Fills the store's missing chunks (chunk b = sampling batch b), sharing them between processes.
+    `extra(images, labels)` adds per-sample arrays to each chunk (e.g. classifier probabilities)."""
+    state = PartialState()
+    if state.is_main_process:
+        store.open()
+    state.wait_for_everyone()
+    mine = [b for b in store.missing() if b % state.num_processes == state.process_index]
+    levels = vqvae.levels
+    bar = tqdm(mine, desc=desc, disable=not state.is_local_main_process, dynamic_ncols=True,
+               unit="batch", postfix={"done": store.n_chunks - len(store.missing())})
+    for b in bar:
+        lo, hi = store.bounds(b)
+        images, codes = sample_batch(vqvae, priors, b, lo, hi, labels, seed, temperature, top_k, sampler)
+        lab = None if labels is None else labels[lo:hi]
+        arrays = {"images": images.numpy(),
+                  "labels": (lab if lab is not None else torch.full((hi - lo,), -1)).numpy()}
+        for level, c in zip(levels, codes):
+            arrays[f"codes_{level}"] = c.numpy().astype(np.uint16)
+        if extra is not None:
+            arrays.update(extra(images, lab))
+        store.write(b, **arrays)
+    state.wait_for_everyone()
+
+
 def stage_hash(cfg: PipelineConfig, run: RunDir) -> str:
+    s = cfg.to_dict()["sample"]
     return hash_config({"priors": [prior_hash(cfg, run, lv) for lv in cfg.vqvae.levels],
-                        "sample": cfg.to_dict()["sample"]})
+                        "sample": {k: v for k, v in s.items() if k != "format"}})
 
 
 def sample_stage(cfg: PipelineConfig, run: RunDir, png_dir: Path | None = None) -> dict:
@@ -76,35 +122,38 @@ def sample_stage(cfg: PipelineConfig, run: RunDir, png_dir: Path | None = None) 
     priors = load_priors(run, vqvae.levels, device=state.device)
     n_classes = priors[0].config.n_classes
     labels = sample_labels(s.n, n_classes, s.class_label, conditional=n_classes > 0)
-    images, codes = generate(vqvae, priors, s.n, labels, s.seed, s.batch_size, s.temperature, s.top_k, s.sampler)
+    scorer, scorer_hash = _classifier_scorer(run)
+    store = SampleStore(run.samples / "chunks", s.n, s.batch_size,
+                        {"config_hash": stage_hash(cfg, run), "classifier": scorer_hash})
+    generate_to_store(vqvae, priors, store, labels, s.seed, s.temperature, s.top_k, s.sampler, extra=scorer)
     if not state.is_main_process:
         return {}
-    arrays = {"images": images.numpy(), "seed": np.array(s.seed),
-              "labels": (labels if labels is not None else torch.full((s.n,), -1)).numpy()}
-    for level, c in zip(vqvae.levels, codes):
-        arrays[f"codes_{level}"] = c.numpy().astype(np.uint16)
-    scores = _classifier_scores(run, images, labels)
-    if scores is not None:
-        arrays["classifier_probs"] = scores
-    save_npz(run.samples / "samples.npz", **arrays)
+    first = store.images(np.arange(min(64, s.n)))
     nrow = max(1, min(n_classes, 10)) if n_classes and s.class_label < 0 else 8
-    save_png(run.samples / "grid.png", grid_image(images[:64 // nrow * nrow], nrow=nrow))
-    if png_dir is not None:
-        from PIL import Image
-        png_dir.mkdir(parents=True, exist_ok=True)
-        for i, img in enumerate(images):
-            arr = img.permute(1, 2, 0).numpy()
-            save_png(png_dir / f"{i:06d}.png", Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr))
+    save_png(run.samples / "grid.png", grid_image(first[:max(1, len(first) // nrow) * nrow], nrow=nrow))
+    outputs = []
+    if s.format == "npz":
+        store.export_npz(run.samples / "samples.npz",
+                         ("labels", *(f"codes_{lv}" for lv in vqvae.levels), "classifier_probs"),
+                         scalars={"seed": s.seed})
+        outputs.append(str(run.samples / "samples.npz"))
+    if s.format == "png" or png_dir is not None:
+        target = png_dir or run.samples / "png"
+        store.export_png(target)
+        outputs.append(f"{target}/*.png")
     info = {"config_hash": stage_hash(cfg, run), "n": s.n, "seed": s.seed, "temperature": s.temperature,
-            "top_k": s.top_k, "sampler": s.sampler, "class_label": s.class_label, "levels": vqvae.levels}
+            "top_k": s.top_k, "sampler": s.sampler, "class_label": s.class_label, "levels": vqvae.levels,
+            "format": s.format, "outputs": outputs}
     write_json(run.samples / "metrics.json", info)
+    store.remove()  # everything is in the exports now
     return info
 
 
-def _classifier_scores(run: RunDir, images: torch.Tensor, labels: torch.Tensor | None):
-    """Classifier probabilities of the samples when the run has a classifier (else None)."""
+def _classifier_scorer(run: RunDir) -> tuple[ExtraFn | None, str | None]:
+    """Classifier probabilities of the samples when the run has a classifier, and its weights hash."""
     if not (run.classifier / "model.safetensors").is_file():
-        return None
-    from eval.classifier import Classifier, predict_proba
-    model = Classifier.from_pretrained(run.classifier).eval()
-    return predict_proba(model, images.float() / 127.5 - 1, batch_size=256).numpy()
+        return None, None
+    from eval.classifier import Classifier, predict_proba, weights_hash
+    model = Classifier.from_pretrained(run.classifier, map_location=device_of()).eval()
+    scorer = lambda images, labels: {"classifier_probs": predict_proba(model, images, batch_size=256).numpy()}  # noqa: E731
+    return scorer, weights_hash(model)

@@ -3,6 +3,7 @@ import shutil
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from pipelines.artifacts import RunDir
 from pipelines.cli import main
@@ -39,7 +40,7 @@ def test_tiny_end_to_end_run_produces_codes_priors_samples_and_grid(trained_run)
         assert {"nll_bits", "accuracy", "steps", "codes_per_second"} <= set(m) and m["steps"] == 4
         assert 0 < m["nll_bits"] < 8  # log2(16) = 4 bits for a uniform guess over 16 codes
     s = np.load(run.samples / "samples.npz")
-    assert s["images"].shape == (6, 3, 16, 16) and s["images"].dtype == np.uint8
+    assert s["arr_0"].shape == (6, 16, 16, 3) and s["arr_0"].dtype == np.uint8  # NHWC, what FID tools read
     assert s["codes_top"].shape == (6, 4, 4) and s["codes_bottom"].shape == (6, 8, 8)
     assert s["labels"].tolist() == [0, 1, 0, 1, 0, 1]
     assert (run.samples / "grid.png").is_file()
@@ -63,6 +64,40 @@ def test_sample_command_with_class_and_png_dir(trained_run, tmp_path):
     assert _cli("sample", "--run-dir", str(trained_run.root), "--n", "3", "--class", "1", "--seed", "7",
                 "--sampler", "cached") == 0
     assert np.array_equal(np.load(trained_run.samples / "samples.npz")["codes_bottom"], ref)
+
+
+def test_sample_formats_give_the_same_images(trained_run):
+    run = trained_run.root
+    assert _cli("sample", "--run-dir", str(run), "--n", "5", "--batch-size", "2", "--seed", "4") == 0
+    arr = np.load(trained_run.samples / "samples.npz")["arr_0"]
+    assert arr.shape == (5, 16, 16, 3) and not (trained_run.samples / "chunks").exists()
+    assert _cli("sample", "--run-dir", str(run), "--n", "5", "--batch-size", "2", "--seed", "4", "--format", "png") == 0
+    pngs = sorted((trained_run.samples / "png").glob("*.png"))
+    assert [p.name for p in pngs] == [f"{i:06d}.png" for i in range(5)]
+    assert all(np.array_equal(np.asarray(Image.open(p)), a) for p, a in zip(pngs, arr))
+
+
+def test_killed_sampling_resumes_with_only_the_missing_batches(trained_run, monkeypatch):
+    import pipelines.sample as sample
+    run = trained_run.root
+    argv = ("sample", "--run-dir", str(run), "--n", "7", "--batch-size", "2", "--seed", "5")
+    assert _cli(*argv) == 0
+    whole = np.load(trained_run.samples / "samples.npz")["arr_0"]
+    real_batch, calls = sample.sample_batch, []
+
+    def dying_batch(*a, **k):  # the third batch never finishes: as if the process were killed
+        calls.append(a[2])
+        if len(calls) == 3:
+            raise KeyboardInterrupt("killed")
+        return real_batch(*a, **k)
+    monkeypatch.setattr(sample, "sample_batch", dying_batch)
+    assert _cli(*argv) == 130
+    assert len(list((trained_run.samples / "chunks").glob("chunk-*.npz"))) == 2
+    calls.clear()
+    monkeypatch.setattr(sample, "sample_batch", lambda *a, **k: calls.append(a[2]) or real_batch(*a, **k))
+    assert _cli(*argv) == 0
+    assert calls == [2, 3]  # batches 0 and 1 were on disk
+    assert np.array_equal(np.load(trained_run.samples / "samples.npz")["arr_0"], whole)
 
 
 @pytest.mark.reliability

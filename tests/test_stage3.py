@@ -1,12 +1,16 @@
 import json
+import os
+import pickle
+import shutil
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from eval.features import file_sha256
 from pipelines.cli import main
 
-from conftest import TINY_EVAL, TINY_PRIORS, folder_overrides, make_image_folder
+from conftest import TINY_EVAL, TINY_PRIORS, folder_overrides, make_image_folder, write_inception_weights
 
 
 @pytest.fixture(scope="module")
@@ -64,3 +68,103 @@ def test_inception_without_weights_is_a_clear_error(evaluated_run, tmp_path, cap
     assert code == 2
     err = capsys.readouterr().err
     assert "missing.pth" in err and "never downloads" in err
+
+
+def _copy(run, tmp_path):
+    """A copy of the evaluated run, so that re-evaluating does not change what other tests read."""
+    out = tmp_path / "run"
+    shutil.copytree(run, out)
+    return out
+
+
+def test_report_says_how_many_samples_stand_behind_each_fd(evaluated_run):
+    report = json.loads((evaluated_run / "eval" / "report.json").read_text())
+    assert report["provenance"]["n_real"] == 9 and all(r["n_generated"] == 10 for r in report["rows"])
+    assert any("fewer than the 50,000" in w for w in report["warnings"])
+    assert "## Warnings" in (evaluated_run / "eval" / "report.md").read_text()
+    assert not (evaluated_run / "eval" / "candidates").exists()  # streamed to disk, removed once reported
+
+
+def test_evaluate_with_inception_weights_made_here(evaluated_run, tmp_path, monkeypatch):
+    import eval.features as features
+    run = _copy(evaluated_run, tmp_path)
+    weights = write_inception_weights(tmp_path / "inception.pth", seed=5)
+    sha = file_sha256(weights)
+    argv = ["evaluate", "--run-dir", str(run), "--feature-extractor", "inception", "--inception-weights", str(weights)]
+    assert main(argv) == 0
+    report = json.loads((run / "eval" / "report.json").read_text())
+    assert report["fd_label"] == f"FD-inception (non-standard weights, sha256 {sha[:16]})"
+    assert report["provenance"]["weights_hash"] == sha and report["provenance"]["weights_standard"] is False
+    assert all(np.isfinite(r["fd"]) and np.isfinite(r["precision"]) for r in report["rows"])
+    # the same file with the standard hash prefix would be the real thing: then, and only then, "FID"
+    monkeypatch.setattr(features, "INCEPTION_SHA256_PREFIX", sha[:8])
+    assert main(argv) == 0
+    report = json.loads((run / "eval" / "report.json").read_text())
+    assert report["fd_label"] == "FID" and report["provenance"]["weights_standard"] is True
+
+
+class _Exploit:
+    marker = None
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.reliability
+def test_evaluate_with_crafted_inception_weights_runs_nothing(evaluated_run, tmp_path, capsys):
+    """`vqvae2 evaluate --inception-weights` given a crafted pickle -> exit 2, error naming the file, before any sampling; its code never runs"""
+    run = _copy(evaluated_run, tmp_path)
+    marker = tmp_path / "pwned"
+    _Exploit.marker = marker
+    evil = tmp_path / "weights-inception-2015-12-05-6726825d.pth"
+    evil.write_bytes(pickle.dumps(_Exploit()))
+    assert main(["evaluate", "--run-dir", str(run), "--feature-extractor", "inception",
+                 "--inception-weights", str(evil)]) == 2
+    err = capsys.readouterr().err
+    assert str(evil) in err and "not a plain state dict" in err
+    assert not marker.exists() and not (run / "eval" / "candidates").exists()
+
+
+def test_reference_stats_give_the_same_fd_as_the_real_images(evaluated_run, tmp_path):
+    run = _copy(evaluated_run, tmp_path)
+    before = json.loads((run / "eval" / "report.json").read_text())
+    stats = tmp_path / "val-stats.npz"
+    dom = ["--feature-extractor", "domain"]  # the run's config may say otherwise after the tests above
+    assert main(["fid-stats", "--run-dir", str(run), "--split", "val", "--out", str(stats), *dom]) == 0
+    with np.load(stats, allow_pickle=False) as z:
+        assert z["mu"].dtype == np.float64 and z["sigma"].shape == (len(z["mu"]), len(z["mu"]))
+        assert str(z["extractor"]) == before["provenance"]["feature_extractor_name"] and int(z["n"]) == 9
+    assert main(["evaluate", "--run-dir", str(run), "--reference-stats", str(stats), *dom]) == 0
+    after = json.loads((run / "eval" / "report.json").read_text())
+    for a, b in zip(before["rows"], after["rows"]):
+        assert b["fd"] == pytest.approx(a["fd"], rel=1e-6, abs=1e-9)
+        assert b["precision"] == pytest.approx(a["precision"])  # the file kept the features
+    assert "val-stats.npz" in after["provenance"]["reference"]
+    # mu and sigma only: FD as before, KID and precision/recall not computed, and the report says why
+    assert main(["fid-stats", "--run-dir", str(run), "--out", str(stats), "--no-features", *dom]) == 0
+    assert main(["evaluate", "--run-dir", str(run), "--reference-stats", str(stats), *dom]) == 0
+    only = json.loads((run / "eval" / "report.json").read_text())
+    assert only["rows"][0]["fd"] == pytest.approx(before["rows"][0]["fd"], rel=1e-6)
+    assert only["rows"][0]["precision"] is None and any("mu and sigma only" in w for w in only["warnings"])
+
+
+@pytest.mark.reliability
+def test_reference_stats_of_another_extractor_are_refused(evaluated_run, tmp_path, capsys):
+    """Reference statistics made with another extractor or other weights -> evaluate refuses them, naming both"""
+    run = _copy(evaluated_run, tmp_path)
+    weights = write_inception_weights(tmp_path / "inception.pth", seed=6)
+    stats = tmp_path / "inception-stats.npz"
+    assert main(["fid-stats", "--run-dir", str(run), "--feature-extractor", "inception", "--inception-weights",
+                 str(weights), "--out", str(stats)]) == 0
+    assert main(["evaluate", "--run-dir", str(run), "--reference-stats", str(stats), "--feature-extractor", "domain"]) == 2
+    err = capsys.readouterr().err
+    assert "was made with extractor 'vqvae2-inception-" in err and "vqvae2-domain-" in err
+
+
+def test_fid_stats_of_an_image_folder(evaluated_run, tmp_path):
+    folder = make_image_folder(tmp_path / "other", n_per_class=3, size=24)
+    out = tmp_path / "folder-stats.npz"
+    assert main(["fid-stats", "--run-dir", str(evaluated_run), "--folder", str(folder), "--out", str(out),
+                 "--feature-extractor", "domain"]) == 0
+    with np.load(out, allow_pickle=False) as z:
+        assert int(z["n"]) == 6 and "folder" in str(z["source"])

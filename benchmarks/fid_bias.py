@@ -1,0 +1,91 @@
+"""How much does a Frechet distance depend on the number of samples? FD-domain of fashion32 samples
+at n = 1k, 5k, 10k, 50k against the 10,000 test images (issue 10).
+
+    python benchmarks/fid_bias.py --out bench-out/fid_bias.json [--run-dir bench-out/fashion32]
+
+The run needs trained priors and classifier (`vqvae2 run --preset fashion32 --run-dir RUN --until
+classifier`). Draws 50,000 class-conditional samples (classes spread evenly, no rejection) into a
+chunked store (resumable; `RUN/fid-bias-samples/`), embeds them once with the run's domain feature
+network, and computes FD-domain of the first n samples for each n, plus the mean and spread over
+disjoint subsets of size n (how much one n-sample estimate varies).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from eval.metrics import FeatureExtractor, fd_from_stats  # noqa: E402
+from pipelines.artifacts import RunDir, write_json  # noqa: E402
+from pipelines.cli import init_processes, load_run_config  # noqa: E402
+from pipelines.data import build_datasets  # noqa: E402
+from pipelines.evaluate import extractor_spec, image_batches  # noqa: E402
+from pipelines.sample import generate_to_store, sample_labels  # noqa: E402
+from pipelines.sample_store import SampleStore  # noqa: E402
+from pipelines.stage2 import load_priors, stage_hash as prior_hash  # noqa: E402
+from vqvae2.vqvae import VQVAE2  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--run-dir", type=Path, default=Path("bench-out/fashion32"))
+    ap.add_argument("--n", default="1000,5000,10000,50000", help="sample counts, comma-separated")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--keep-samples", action="store_true", help="keep RUN/fid-bias-samples/ afterwards")
+    args = ap.parse_args()
+    ns = sorted(int(v) for v in args.n.split(","))
+
+    init_processes()
+    run = RunDir(args.run_dir)
+    if not (run.classifier / "metrics.json").is_file():
+        sys.exit(f"{run.classifier}/metrics.json not found: run `vqvae2 run --preset fashion32 --run-dir {run.root} "
+                 f"--until classifier` first")
+    cfg = load_run_config(run, None, ["eval.feature_extractor='domain'"], write=False)
+    vqvae = VQVAE2.from_pretrained(run.vqvae).eval()
+    priors = load_priors(run, vqvae.levels)
+    n_max = ns[-1]
+    labels = sample_labels(n_max, priors[0].config.n_classes, -1, conditional=priors[0].config.n_classes > 0)
+    store = SampleStore(run.root / "fid-bias-samples", n_max, cfg.sample.batch_size,
+                        {"priors": [prior_hash(cfg, run, lv) for lv in vqvae.levels], "seed": args.seed})
+    t0 = time.perf_counter()
+    generate_to_store(vqvae, priors, store, labels, args.seed, desc="fid-bias samples")
+    sample_seconds = time.perf_counter() - t0
+
+    spec = extractor_spec(cfg, run)
+    net = FeatureExtractor(spec)
+    t0 = time.perf_counter()
+    gen = net.extract(store.iter_images(), 1000)
+    _, test_set = build_datasets(cfg.data)
+    real = net.extract(image_batches(test_set, 0, 1000), 1000)
+    feature_seconds = time.perf_counter() - t0
+
+    first, mean, std, subsets = [], [], [], []
+    for n in ns:
+        first.append(fd_from_stats(gen.subset(torch.arange(n)), real))
+        k = n_max // n  # disjoint subsets of size n
+        values = [fd_from_stats(gen.subset(torch.arange(i * n, (i + 1) * n)), real) for i in range(k)]
+        mean.append(float(np.mean(values)))
+        std.append(float(np.std(values, ddof=1)) if k > 1 else None)
+        subsets.append(k)
+    result = {
+        "preset": "fashion32", "run_dir": str(run.root), "n": ns, "fd_domain": first,
+        "fd_domain_mean_over_subsets": mean, "fd_domain_std_over_subsets": std, "n_subsets": subsets,
+        "n_real": len(real), "extractor": spec.name, "seed": args.seed, "class_conditional": labels is not None,
+        "acceptance_rate": 1.0, "sample_seconds": sample_seconds, "feature_seconds": feature_seconds,
+        "bias_1k_over_50k": first[0] - first[-1] if len(ns) > 1 else None, "torch": torch.__version__,
+    }
+    if not args.keep_samples:
+        store.remove()
+    write_json(args.out, result)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
