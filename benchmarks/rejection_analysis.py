@@ -30,7 +30,7 @@ from pipelines.cli import init_processes, load_run_config  # noqa: E402
 from pipelines.data import build_datasets  # noqa: E402
 from pipelines.sample import generate, sample_labels  # noqa: E402
 from pipelines.stage2 import load_priors  # noqa: E402
-from pipelines.stage3 import _real_images  # noqa: E402
+from pipelines.evaluate import image_batches  # noqa: E402
 from vqvae2.vqvae import VQVAE2  # noqa: E402
 
 RATES = (1.0, 0.5, 0.25, 0.1)
@@ -77,7 +77,7 @@ def main() -> None:
 
     feature_net = Classifier.from_pretrained(run.classifier).eval()
     _, val_set = build_datasets(cfg.data)
-    inside = inside_real_balls(embed(feature_net, images), embed(feature_net, _real_images(val_set, 0))).float()
+    inside = inside_real_balls(embed(feature_net, images), embed(feature_net, torch.cat(list(image_batches(val_set))))).float()
 
     n = args.n_candidates // 10
     result = {"run_dir": str(run.root), "n_candidates": args.n_candidates, "n_kept": n, "acceptance_rates": list(RATES),
