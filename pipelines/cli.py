@@ -3,11 +3,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 from .artifacts import RunDir, read_json, write_json
 from .train import TrainingError
-from .config import PipelineConfig, apply_override, config_from_dict, preset_names, resolve_config
+from .config import ConfigNote, PipelineConfig, config_from_dict, preset_names, resolve_config
+
+
+_default_showwarning = warnings.showwarning
 
 
 def load_run_config(run: RunDir, preset: str | None, overrides: list[str], write: bool = True) -> PipelineConfig:
@@ -16,11 +20,8 @@ def load_run_config(run: RunDir, preset: str | None, overrides: list[str], write
     if preset:
         cfg = resolve_config(preset, overrides)
     elif run.config.is_file():
-        data = read_json(run.config)
-        for assignment in overrides:
-            apply_override(data, assignment)
         try:
-            cfg = config_from_dict(data)
+            cfg = config_from_dict(read_json(run.config), overrides, where=str(run.config))
         except ValueError as e:
             raise ValueError(f"{run.config}: {e}") from e
     else:
@@ -113,8 +114,16 @@ def init_processes() -> None:
     PartialState(cpu=not torch.cuda.is_available())
 
 
+def _show_note(message, category, filename, lineno, file=None, line=None):
+    if issubclass(category, ConfigNote):
+        print(f"vqvae2: note: {message}", file=sys.stderr)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    warnings.showwarning = _show_note
     init_processes()
     run = RunDir(args.run_dir) if args.run_dir is not None else None
     try:

@@ -4,12 +4,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 import tomllib
+import warnings
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from vqvae2.config import VQVAEConfig, _check, from_dict, to_dict, unknown_key_error
+from vqvae2.config import VQVAEConfig, _check, from_dict, level_names, to_dict, unknown_key_error
 
 from .data import DataConfig
 
@@ -204,12 +205,57 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
     node[parts[-1]] = value
 
 
+class ConfigNote(UserWarning):
+    """Something the configuration did on its own that a user should know (printed, not an error)."""
+
+
+def _levels_of(data: dict[str, Any]) -> list[str] | None:
+    strides = data.get("vqvae", {}).get("strides", VQVAEConfig().strides)
+    try:
+        return level_names(len(strides))
+    except (TypeError, ValueError):
+        return None  # invalid strides: the VQ-VAE config names the problem
+
+
+def _fit_prior_sections(data: dict[str, Any], explicit: set[str], where: str) -> None:
+    """Prior sections of a preset are written for the preset's own hierarchy. A section naming a level
+    that hierarchy lacks is an error; when overrides change the number of levels (a one-level model from
+    a two-level preset), the preset's sections for levels that no longer exist are dropped with a note.
+    A section the user set (--set prior.<level>...) for a level that does not exist stays an error."""
+    levels = _levels_of(data)
+    priors = data.get("prior", {})
+    if levels is None or not isinstance(priors, dict):
+        return
+    for level in [lv for lv in priors if lv not in levels and lv not in explicit]:
+        del priors[level]
+        warnings.warn(f"{where}: [prior.{level}] dropped: the VQ-VAE now has levels {levels}", ConfigNote, stacklevel=3)
+
+
+def _check_preset_levels(data: dict[str, Any], preset: str) -> None:
+    levels = _levels_of(data)
+    for level in data.get("prior", {}) if levels is not None else ():
+        if level not in levels:
+            raise ValueError(f"preset {preset}: [prior.{level}] names level {level!r}, but the preset's VQ-VAE has "
+                             f"levels {levels}")
+
+
+def _apply_overrides(data: dict[str, Any], overrides: list[str], where: str) -> None:
+    explicit = set()
+    for assignment in overrides:
+        apply_override(data, assignment)
+        parts = assignment.split("=", 1)[0].strip().split(".")
+        if parts[0] == "prior" and len(parts) > 1:
+            explicit.add(parts[1])
+    _fit_prior_sections(data, explicit, where)
+
+
 def resolve_config(preset: str, overrides: list[str] | None = None) -> PipelineConfig:
     data = load_preset(preset)
-    for assignment in overrides or []:
-        apply_override(data, assignment)
+    _check_preset_levels(data, preset)
+    _apply_overrides(data, overrides or [], f"preset {preset}")
     return _build(data)
 
 
-def config_from_dict(data: dict[str, Any]) -> PipelineConfig:
+def config_from_dict(data: dict[str, Any], overrides: list[str] | None = None, where: str = "config") -> PipelineConfig:
+    _apply_overrides(data, overrides or [], where)
     return _build(data)

@@ -24,10 +24,12 @@ def vqvae_loss(model, batch):
     x, _ = batch
     out = model(x)
     mse = (out.recon.float() - x).pow(2).mean()
-    logs = {"mse": mse.detach(), "commitment": out.commitment.detach()}
+    logs = {"mse": mse.detach(), "commitment": sum(s.commitment for s in out.stats)}
+    if getattr(model, "module", model).config.quantizer == "codebook_loss":
+        logs["codebook_loss"] = sum(s.codebook_loss for s in out.stats)
     for name, s in zip(model_levels(model), out.stats):
         logs[f"perplexity_{name}"] = s.perplexity
-    return mse + out.commitment, logs
+    return mse + out.latent_loss, logs
 
 
 def model_levels(model) -> list[str]:

@@ -45,3 +45,17 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, tiny_ov
         assert torch.equal(a[k], b[k]), k
     steps = [json.loads(l)["step"] for l in (cut.vqvae / "metrics.jsonl").read_text().splitlines()]
     assert steps == [2, 4, 6]
+
+
+def test_codebook_loss_vqvae_trains_and_resumes_exactly(tmp_path, tiny_overrides):
+    cfg = resolve_config("demo", [*tiny_overrides, "vqvae.quantizer='codebook_loss'"])
+    full, cut = RunDir(tmp_path / "full"), RunDir(tmp_path / "cut")
+    m = train_vqvae(cfg, full)
+    assert train_vqvae(cfg, cut, stop_after=3) is None
+    train_vqvae(cfg, cut)
+    a, b = load_file(str(full.vqvae / "model.safetensors")), load_file(str(cut.vqvae / "model.safetensors"))
+    assert "quantizers.0.embed" in a and "quantizers.0.ema_sum" not in a
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    logged = json.loads((full.vqvae / "metrics.jsonl").read_text().splitlines()[-1])
+    assert logged["codebook_loss"] > 0 and logged["commitment"] > 0 and len(m["codes_used"]) == 2
+    assert isinstance(VQVAE2.from_pretrained(full.vqvae).quantizers[1].embed, torch.nn.Parameter)

@@ -93,6 +93,7 @@ class VQVAEConfig:
     eps: float = 1e-5  # Laplace smoothing of the EMA counts
     dead_code_threshold: float = 1.0  # EMA count below which a code is restarted
     init: str = "kmeans"  # data-dependent codebook init: "kmeans", "sample" or "none"
+    quantizer: str = "ema"  # "ema" (VQ-VAE-2) or "codebook_loss" (VQ-VAE 2017: codebook trained by gradient)
 
     def __post_init__(self) -> None:
         self.strides = [int(s) for s in self.strides]
@@ -113,6 +114,8 @@ class VQVAEConfig:
         _check(self.beta >= 0, f"vqvae.beta must be >= 0, got {self.beta}")
         _check(self.init in ("kmeans", "sample", "none"),
                f"vqvae.init must be 'kmeans', 'sample' or 'none', got {self.init!r}")
+        _check(self.quantizer in ("ema", "codebook_loss"),
+               f"vqvae.quantizer must be 'ema' or 'codebook_loss', got {self.quantizer!r}")
 
     @property
     def n_levels(self) -> int:

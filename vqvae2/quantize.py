@@ -1,4 +1,5 @@
-"""VectorQuantizerEMA: a codebook learned by exponential moving averages (van den Oord et al. 2017, app. A.1)."""
+"""Vector quantizers: the EMA codebook (VQ-VAE-2's choice, van den Oord et al. 2017 app. A.1) and the
+gradient-trained codebook with the codebook loss (the 2017 paper's main method)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -63,17 +64,14 @@ class QuantizerStats:
     codes_used: torch.Tensor
     dead_codes: torch.Tensor
     quant_error: torch.Tensor
+    commitment: torch.Tensor  # beta * ||z - sg(e)||^2
+    codebook_loss: torch.Tensor  # ||sg(z) - e||^2 (0 for the EMA codebook, which has no gradient)
 
 
-class VectorQuantizerEMA(nn.Module):
-    """Quantises (B, D, H, W) features to the nearest of `codebook_size` D-dim codes.
-
-    The codebook is not trained by gradients: in training mode it follows an EMA of the mean of
-    the encoder vectors assigned to each code. EMA counts start at 1 and EMA sums at the codebook
-    itself, so sum / count is the codebook from the first step and an unused code stays put while
-    both decay together (initialising counts at 0 with sums at the codebook would divide the
-    codebook by the tiny Laplace epsilon and throw unused codes far away).
-    """
+class _Quantizer(nn.Module):
+    """What both codebooks share: data-dependent init, nearest-code search in fp32 with autocast off,
+    an EMA of code usage (identical on every rank) that finds dead codes, restarts from the batch,
+    the straight-through estimator and the statistics. Subclasses say how the codebook learns."""
 
     def __init__(self, codebook_size: int, dim: int, decay: float = 0.99, eps: float = 1e-5,
                  beta: float = 0.25, dead_code_threshold: float = 1.0, init: str = "kmeans",
@@ -83,40 +81,31 @@ class VectorQuantizerEMA(nn.Module):
         self.decay, self.eps, self.beta = decay, eps, beta
         self.dead_code_threshold, self.init, self.kmeans_iters = dead_code_threshold, init, kmeans_iters
         self.chunk_size = chunk_size
-        embed = torch.randn(codebook_size, dim) * (1.0 / dim ** 0.5)
-        self.register_buffer("embed", embed)
         self.register_buffer("ema_count", torch.ones(codebook_size))
-        self.register_buffer("ema_sum", embed.clone())
         self.register_buffer("initialized", torch.tensor(init == "none"))
+
+    @staticmethod
+    def _initial_codebook(codebook_size: int, dim: int) -> torch.Tensor:
+        return torch.randn(codebook_size, dim) * (1.0 / dim ** 0.5)
 
     # codebook maintenance (training only, fp32, identical on every rank)
 
     @torch.no_grad()
     def _data_init(self, flat: torch.Tensor) -> None:
+        g = torch.Generator().manual_seed(0)
         if self.init == "kmeans":
-            g = torch.Generator().manual_seed(0)
             sample = flat[torch.randperm(flat.shape[0], generator=g)[:20000].to(flat.device)]
             embed = kmeans(sample, self.codebook_size, self.kmeans_iters, generator=g)
         else:  # "sample"
-            g = torch.Generator().manual_seed(0)
             embed = flat[torch.randint(0, flat.shape[0], (self.codebook_size,), generator=g).to(flat.device)]
         embed = _broadcast_from_rank0(embed.contiguous())
-        self.embed.copy_(embed)
-        self.ema_sum.copy_(embed)
-        self.ema_count.fill_(1.0)
+        self._set_codes(torch.ones(self.codebook_size, dtype=torch.bool, device=embed.device), embed, 1.0)
         self.initialized.fill_(True)
 
     @torch.no_grad()
-    def _ema_update(self, flat: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        counts = torch.bincount(idx, minlength=self.codebook_size).float()
-        sums = torch.zeros_like(self.ema_sum).index_add_(0, idx, flat)
-        _all_reduce_sum(counts)
-        _all_reduce_sum(sums)
+    def _count_usage(self, idx: torch.Tensor) -> torch.Tensor:
+        counts = _all_reduce_sum(torch.bincount(idx, minlength=self.codebook_size).float())
         self.ema_count.mul_(self.decay).add_(counts, alpha=1 - self.decay)
-        self.ema_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
-        n = self.ema_count.sum()
-        smoothed = (self.ema_count + self.eps) / (n + self.codebook_size * self.eps) * n  # Laplace
-        self.embed.copy_(self.ema_sum / smoothed[:, None])
         return counts
 
     @torch.no_grad()
@@ -128,11 +117,18 @@ class VectorQuantizerEMA(nn.Module):
         # Rank 0 picks the replacement vectors from its batch; every rank receives the same ones.
         pick = torch.randint(0, flat.shape[0], (self.codebook_size,), device=flat.device)
         replacement = _broadcast_from_rank0(flat[pick].contiguous())
-        grace = 2.0 * self.dead_code_threshold  # a restarted code gets time to be chosen
-        self.embed[dead] = replacement[dead]
-        self.ema_sum[dead] = replacement[dead] * grace
-        self.ema_count[dead] = grace
+        self._set_codes(dead, replacement[dead], 2.0 * self.dead_code_threshold)  # time to be chosen
         return dead
+
+    def _set_codes(self, which: torch.Tensor, vectors: torch.Tensor, count: float) -> None:
+        raise NotImplementedError
+
+    def _learn(self, flat: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Training-time codebook update; returns the (all-reduced) code counts of the batch."""
+        raise NotImplementedError
+
+    def _codebook_loss(self, z: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        return z.new_zeros(())
 
     # the quantizer
 
@@ -141,7 +137,8 @@ class VectorQuantizerEMA(nn.Module):
         return rearrange(F.embedding(codes, self.embed), "b h w d -> b d h w")
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, QuantizerStats]:
-        """z: (B, D, H, W). Returns (straight-through quantised z, codes (B, H, W), commitment loss, stats)."""
+        """z: (B, D, H, W). Returns (straight-through quantised z, codes (B, H, W), the latent loss to add
+        to the reconstruction loss, stats)."""
         b, _, h, w = z.shape
         with torch.autocast(device_type=z.device.type, enabled=False):
             z = z.float()
@@ -150,14 +147,15 @@ class VectorQuantizerEMA(nn.Module):
                 self._data_init(flat.detach())
             idx = nearest_code(flat.detach(), self.embed, self.chunk_size)
             if self.training:
-                counts = self._ema_update(flat.detach(), idx)
+                counts = self._learn(flat.detach(), idx)
                 dead = self._restart_dead(flat.detach())
             else:
                 counts = torch.bincount(idx, minlength=self.codebook_size).float()
                 dead = self.ema_count < self.dead_code_threshold
             codes = idx.view(b, h, w)
             q = self.lookup(codes)
-            commitment = F.mse_loss(z, q.detach())
+            commitment = self.beta * F.mse_loss(z, q.detach())  # moves the encoder towards its code
+            codebook = self._codebook_loss(z, q)  # moves the code towards the encoder (gradient codebook only)
             q_st = z + (q - z).detach()  # straight-through: gradients pass to the encoder unchanged
             with torch.no_grad():
                 p = counts / counts.sum().clamp_min(1)
@@ -166,5 +164,73 @@ class VectorQuantizerEMA(nn.Module):
                     codes_used=(counts > 0).sum(),
                     dead_codes=dead.sum(),
                     quant_error=(z - q).pow(2).sum(1).mean(),
+                    commitment=commitment.detach(),
+                    codebook_loss=codebook.detach(),
                 )
-        return q_st, codes, self.beta * commitment, stats
+        return q_st, codes, commitment + codebook, stats
+
+
+class VectorQuantizerEMA(_Quantizer):
+    """Quantises (B, D, H, W) features to the nearest of `codebook_size` D-dim codes.
+
+    The codebook is not trained by gradients: in training mode it follows an EMA of the mean of
+    the encoder vectors assigned to each code (VQ-VAE, appendix A.1; the VQ-VAE-2 choice). EMA counts
+    start at 1 and EMA sums at the codebook itself, so sum / count is the codebook from the first
+    step and an unused code stays put while both decay together (initialising counts at 0 with sums
+    at the codebook would divide the codebook by the tiny Laplace epsilon and throw unused codes far away).
+    """
+
+    def __init__(self, codebook_size: int, dim: int, **kwargs):
+        super().__init__(codebook_size, dim, **kwargs)
+        embed = self._initial_codebook(codebook_size, dim)
+        self.register_buffer("embed", embed)
+        self.register_buffer("ema_sum", embed.clone())
+
+    @torch.no_grad()
+    def _set_codes(self, which: torch.Tensor, vectors: torch.Tensor, count: float) -> None:
+        self.embed[which] = vectors
+        self.ema_sum[which] = vectors * count
+        self.ema_count[which] = count
+
+    @torch.no_grad()
+    def _learn(self, flat: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        counts = self._count_usage(idx)
+        sums = _all_reduce_sum(torch.zeros_like(self.ema_sum).index_add_(0, idx, flat))
+        self.ema_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
+        n = self.ema_count.sum()
+        smoothed = (self.ema_count + self.eps) / (n + self.codebook_size * self.eps) * n  # Laplace
+        self.embed.copy_(self.ema_sum / smoothed[:, None])
+        return counts
+
+
+class VectorQuantizer(_Quantizer):
+    """The gradient-trained codebook of VQ-VAE (van den Oord et al. 2017, eq. 3): the loss adds
+    ||sg[z_e(x)] - e||^2, whose gradient reaches only the codebook, to the commitment loss
+    beta * ||z_e(x) - sg[e]||^2, whose gradient reaches only the encoder; the decoder's gradient
+    reaches the encoder through the straight-through estimator. The EMA of code usage is kept only
+    to find dead codes (and is reported like the EMA codebook's)."""
+
+    def __init__(self, codebook_size: int, dim: int, **kwargs):
+        super().__init__(codebook_size, dim, **kwargs)
+        self.embed = nn.Parameter(self._initial_codebook(codebook_size, dim))
+
+    @torch.no_grad()
+    def _set_codes(self, which: torch.Tensor, vectors: torch.Tensor, count: float) -> None:
+        self.embed[which] = vectors
+        self.ema_count[which] = count
+
+    @torch.no_grad()
+    def _learn(self, flat: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        return self._count_usage(idx)  # the codebook itself learns from the optimizer step
+
+    def _codebook_loss(self, z: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(q, z.detach())
+
+
+QUANTIZERS = {"ema": VectorQuantizerEMA, "codebook_loss": VectorQuantizer}
+
+
+def build_quantizer(kind: str, codebook_size: int, dim: int, **kwargs) -> _Quantizer:
+    if kind not in QUANTIZERS:
+        raise ValueError(f"vqvae.quantizer must be one of {sorted(QUANTIZERS)}, got {kind!r}")
+    return QUANTIZERS[kind](codebook_size, dim, **kwargs)

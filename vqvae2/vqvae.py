@@ -16,7 +16,7 @@ from torch import nn
 
 from .config import VQVAEConfig
 from .pretrained import PretrainedMixin
-from .quantize import QuantizerStats, VectorQuantizerEMA
+from .quantize import QuantizerStats, build_quantizer
 
 
 class ResBlock(nn.Module):
@@ -79,7 +79,7 @@ class Decoder(nn.Module):
 class VQVAEOutput:
     recon: torch.Tensor  # (B, C, H, W)
     codes: list[torch.Tensor]  # per level, top first, (B, h, w) int64
-    commitment: torch.Tensor  # sum over levels of beta * ||z - sg(q)||^2
+    latent_loss: torch.Tensor  # sum over levels of beta * ||z - sg(e)||^2 (+ ||sg(z) - e||^2, codebook_loss)
     stats: list[QuantizerStats]  # per level, top first
 
 
@@ -106,7 +106,8 @@ class VQVAE2(nn.Module, PretrainedMixin):
             nn.Conv2d(c.channels + (c.embed_dim if i > 0 else 0), c.embed_dim, 1) for i in range(n)
         )
         self.quantizers = nn.ModuleList(
-            VectorQuantizerEMA(c.codebook_size, c.embed_dim, c.decay, c.eps, c.beta, c.dead_code_threshold, c.init)
+            build_quantizer(c.quantizer, c.codebook_size, c.embed_dim, decay=c.decay, eps=c.eps, beta=c.beta,
+                            dead_code_threshold=c.dead_code_threshold, init=c.init)
             for _ in range(n)
         )
         self.decoder = Decoder(c.embed_dim if n == 1 else 2 * c.embed_dim, c.in_channels, c.channels,
@@ -125,8 +126,8 @@ class VQVAE2(nn.Module, PretrainedMixin):
 
     def _top_down(self, feats: list[torch.Tensor] | None, codes: list[torch.Tensor] | None):
         """Runs the levels top-down, quantising `feats` or looking up `codes`. Returns the decoder
-        input and, when quantising, the codes, commitment loss and stats per level."""
-        out_codes, stats, commitment = [], [], 0.0
+        input and, when quantising, the codes, latent loss and stats per level."""
+        out_codes, stats, latent_loss = [], [], 0.0
         h = None  # everything known so far, at the current level's grid
         for i in range(self.config.n_levels):
             cond = self.updecoders[i](h) if i > 0 else None  # (B, D, h_i, w_i)
@@ -135,16 +136,16 @@ class VQVAE2(nn.Module, PretrainedMixin):
                 q, c, loss, s = self.quantizers[i](self.pre_quant[i](z))
                 out_codes.append(c)
                 stats.append(s)
-                commitment = commitment + loss
+                latent_loss = latent_loss + loss
             else:
                 q = self.quantizers[i].lookup(codes[i]).to(cond.dtype if cond is not None else torch.float32)
             h = q if cond is None else torch.cat([q, cond], 1)
-        return h, out_codes, commitment, stats
+        return h, out_codes, latent_loss, stats
 
     def forward(self, x: torch.Tensor) -> VQVAEOutput:
         self._check_images(x)
-        h, codes, commitment, stats = self._top_down(self._encode_features(x), None)
-        return VQVAEOutput(self.decoder(h), codes, commitment, stats)
+        h, codes, latent_loss, stats = self._top_down(self._encode_features(x), None)
+        return VQVAEOutput(self.decoder(h), codes, latent_loss, stats)
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
