@@ -126,6 +126,24 @@ class PipelineConfig:
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
 
+    def hash_dict(self, *sections: str) -> dict[str, Any]:
+        """The named sections for a stage hash: options added after runs existed are left out while
+        they hold their default, so a finished run stays finished after an upgrade."""
+        d = self.to_dict()
+        out = {}
+        for name in sections:
+            later = ADDED_LATER.get(name, {})
+            out[name] = {k: v for k, v in d[name].items() if not (k in later and later[k] == v)}
+        return out
+
+
+# section -> {option: default} of options added after the first release (see PipelineConfig.hash_dict)
+ADDED_LATER: dict[str, dict[str, Any]] = {
+    "vqvae": {"quantizer": "ema"},
+    "sample": {"format": "npz"},
+    "eval": {"reference_stats": ""},
+}
+
 
 SECTIONS = {f.name: f for f in dataclasses.fields(PipelineConfig)}
 

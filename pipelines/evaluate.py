@@ -99,7 +99,7 @@ def _progress(batches, desc: str):
 
 def eval_hash(cfg: PipelineConfig, run: RunDir) -> str:
     return hash_config({"samples": samples_hash(cfg, run), "classifier": classifier_hash(cfg),
-                        "eval": cfg.to_dict()["eval"]})
+                        "eval": cfg.hash_dict("eval")["eval"]})
 
 
 def _candidates(cfg: PipelineConfig, run: RunDir, vqvae: VQVAE2, priors, reject_net: Classifier,

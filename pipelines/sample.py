@@ -110,9 +110,8 @@ def generate_to_store(vqvae: VQVAE2, priors, store: SampleStore, labels: torch.T
 
 
 def stage_hash(cfg: PipelineConfig, run: RunDir) -> str:
-    s = cfg.to_dict()["sample"]
-    return hash_config({"priors": [prior_hash(cfg, run, lv) for lv in cfg.vqvae.levels],
-                        "sample": {k: v for k, v in s.items() if k != "format"}})
+    s = {k: v for k, v in cfg.hash_dict("sample")["sample"].items() if k != "format"}  # same samples either way
+    return hash_config({"priors": [prior_hash(cfg, run, lv) for lv in cfg.vqvae.levels], "sample": s})
 
 
 def sample_stage(cfg: PipelineConfig, run: RunDir, png_dir: Path | None = None) -> dict:

@@ -16,8 +16,7 @@ from .train import make_accelerator, train
 
 
 def stage_hash(cfg: PipelineConfig) -> str:
-    d = cfg.to_dict()
-    return hash_config({k: d[k] for k in ("data", "vqvae", "train_vqvae")})
+    return hash_config(cfg.hash_dict("data", "vqvae", "train_vqvae"))
 
 
 def vqvae_loss(model, batch):

@@ -41,7 +41,7 @@ def prior_config(cfg: PipelineConfig, level: str, codes_meta: dict) -> PixelSNAI
 def stage_hash(cfg: PipelineConfig, run: RunDir, level: str) -> str:
     meta = read_codes_meta(run)
     return hash_config({"codes": meta["config_hash"], "prior": cfg.prior.get(level, {}),
-                        "train": cfg.to_dict()["train_prior"], "level": level})
+                        "train": cfg.hash_dict("train_prior")["train_prior"], "level": level})
 
 
 def _split(batch, n_classes: int):

@@ -35,8 +35,7 @@ def classifier_dirs(cfg: PipelineConfig, run: RunDir) -> dict[str, "object"]:
 
 
 def classifier_hash(cfg: PipelineConfig) -> str:
-    d = cfg.to_dict()
-    return hash_config({k: d[k] for k in ("data", "classifier", "train_classifier")} |
+    return hash_config(cfg.hash_dict("data", "classifier", "train_classifier") |
                        {"rejection": cfg.eval.rejection_classifier})
 
 

@@ -59,3 +59,13 @@ def test_codebook_loss_vqvae_trains_and_resumes_exactly(tmp_path, tiny_overrides
     logged = json.loads((full.vqvae / "metrics.jsonl").read_text().splitlines()[-1])
     assert logged["codebook_loss"] > 0 and logged["commitment"] > 0 and len(m["codes_used"]) == 2
     assert isinstance(VQVAE2.from_pretrained(full.vqvae).quantizers[1].embed, torch.nn.Parameter)
+
+
+def test_stage_hashes_survive_options_added_later():
+    # hashes of the demo preset recorded before vqvae.quantizer and the other later options existed:
+    # a run finished then must not be retrained after an upgrade
+    from pipelines import stage3
+    from pipelines.stage1 import stage_hash
+    cfg = resolve_config("demo")
+    assert stage_hash(cfg) == "b7bc46af57ea30d9" and stage3.classifier_hash(cfg) == "b5f8c057fe66eea7"
+    assert stage_hash(resolve_config("demo", ["vqvae.quantizer='codebook_loss'"])) != "b7bc46af57ea30d9"
