@@ -63,6 +63,16 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
     return Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum, cpu=not cuda)
 
 
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; weight decay on matrices and kernels only (not on biases, norms, embeddings' 1-d params)."""
+    decay_params = [p for p in model.parameters() if p.ndim >= 2]
+    other_params = [p for p in model.parameters() if p.ndim < 2]
+    return torch.optim.AdamW(
+        [{"params": decay_params, "weight_decay": cfg.weight_decay}, {"params": other_params, "weight_decay": 0.0}],
+        lr=cfg.lr,
+    )
+
+
 def lr_at(cfg: TrainConfig, step: int) -> float:
     """Linear warm-up, then cosine decay to 10% of the peak."""
     if step < cfg.warmup_steps:
@@ -124,12 +134,7 @@ def train(
     acc = accelerator or make_accelerator(cfg)
     torch.manual_seed(cfg.seed)
     ema = copy.deepcopy(model).requires_grad_(False) if cfg.ema_decay > 0 else None
-    decay_params = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    other_params = [p for n, p in model.named_parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay_params, "weight_decay": cfg.weight_decay}, {"params": other_params, "weight_decay": 0.0}],
-        lr=cfg.lr,
-    )
+    optimizer = make_optimizer(model, cfg)
     step = 0
     state_dir = out_dir / "state"
     found = find_training_state(state_dir)
