@@ -30,6 +30,7 @@ from .images import grid_image, to_uint8
 from .sample import generate_to_store, sample_labels
 from .sample import stage_hash as samples_hash
 from .sample_store import SampleStore
+from .codes import read_codes_meta
 from .stage2 import load_priors, stage_hash as prior_hash
 from .stage3 import classifier_dirs, classifier_hash
 
@@ -102,18 +103,31 @@ def eval_hash(cfg: PipelineConfig, run: RunDir) -> str:
                         "eval": cfg.hash_dict("eval")["eval"]})
 
 
-def _candidates(cfg: PipelineConfig, run: RunDir, vqvae: VQVAE2, priors, reject_net: Classifier,
+def _candidates(cfg: PipelineConfig, run: RunDir, vqvae: VQVAE2, priors, reject_net: Classifier | None,
                 n_cand: int, labels: torch.Tensor | None) -> SampleStore:
     """The candidates of rejection sampling, with the rejection network's probabilities, in a store."""
     e, s = cfg.eval, cfg.sample
     key = {"priors": [prior_hash(cfg, run, lv) for lv in vqvae.levels], "seed": e.seed,
            "temperature": e.temperature, "top_k": s.top_k, "sampler": s.sampler,
-           "rejection_classifier": weights_hash(reject_net)}
+           "rejection_classifier": None if reject_net is None else weights_hash(reject_net)}
     store = SampleStore(run.eval / "candidates", n_cand, s.batch_size, key)
-    probs = lambda images, lab: {"probs": predict_proba(reject_net, images, batch_size=e.batch_size).numpy()}  # noqa: E731
+    probs = None if reject_net is None else \
+        (lambda images, lab: {"probs": predict_proba(reject_net, images, batch_size=e.batch_size).numpy()})
     generate_to_store(vqvae, priors, store, labels, e.seed, e.temperature, s.top_k, s.sampler, extra=probs,
                       desc="eval candidates")
     return store
+
+
+def _rejection_network(cfg: PipelineConfig, run: RunDir, device) -> tuple[Classifier | None, dict]:
+    """The rejection classifier, or None when the data has no class labels (then no classifier exists)."""
+    dirs = classifier_dirs(cfg, run)
+    if read_codes_meta(run).get("num_classes", 0) < 2:
+        return None, dirs
+    for d in dirs.values():
+        if not (d / "model.safetensors").is_file():
+            raise FileNotFoundError(f"{d}/model.safetensors does not exist: run "
+                                    f"`vqvae2 train-classifier --run-dir {run.root}` first")
+    return Classifier.from_pretrained(dirs.get("rejection", dirs["features"]), map_location=device).eval(), dirs
 
 
 def evaluate(cfg: PipelineConfig, run: RunDir) -> dict | None:
@@ -123,12 +137,8 @@ def evaluate(cfg: PipelineConfig, run: RunDir) -> dict | None:
     vqvae = VQVAE2.from_pretrained(run.vqvae, map_location=device).eval()
     priors = load_priors(run, vqvae.levels, device=device)
     n_classes = priors[0].config.n_classes
-    dirs = classifier_dirs(cfg, run)
-    for d in dirs.values():
-        if not (d / "model.safetensors").is_file():
-            raise FileNotFoundError(f"{d}/model.safetensors does not exist: run "
-                                    f"`vqvae2 train-classifier --run-dir {run.root}` first")
-    reject_net = Classifier.from_pretrained(dirs.get("rejection", dirs["features"]), map_location=device).eval()
+    reject_net, dirs = _rejection_network(cfg, run, device)
+    rates = list(e.acceptance_rates) if reject_net is not None else [1.0]  # no labels, no classifier, no rejection
     spec = extractor_spec(cfg, run)
     reference = None
     if e.reference_stats:
@@ -136,12 +146,12 @@ def evaluate(cfg: PipelineConfig, run: RunDir) -> dict | None:
         reference.check_extractor(spec, e.reference_stats)
 
     # 1. candidates: enough for the lowest acceptance rate; the first ceil(n / r) serve rate r
-    n_cand = rates_needed(e.n_samples, e.acceptance_rates)
+    n_cand = rates_needed(e.n_samples, rates)
     labels = sample_labels(n_cand, n_classes, -1, conditional=n_classes > 0)
     store = _candidates(cfg, run, vqvae, priors, reject_net, n_cand, labels)
     if not state.is_main_process:
         return None
-    probs = torch.from_numpy(store.gather("probs"))
+    probs = torch.from_numpy(store.gather("probs")) if reject_net is not None else None
 
     # 2. features: every candidate once, the real validation images once (or their statistics)
     net = FeatureExtractor(spec, device)
@@ -156,12 +166,14 @@ def evaluate(cfg: PipelineConfig, run: RunDir) -> dict | None:
     # 3. metrics per acceptance rate
     by_rate, accepted_probs = {}, {}
     nrow = min(n_classes, 10) if n_classes else 8
-    for rate in e.acceptance_rates:
-        idx = rejection_sample(gen.features, probs, e.n_samples, rate, target_classes=labels)
+    for rate in rates:
+        idx = torch.arange(e.n_samples) if probs is None else \
+            rejection_sample(gen.features, probs, e.n_samples, rate, target_classes=labels)
         by_rate[rate] = metrics_from_features(gen.subset(idx), real, spec, **common)
-        kept = probs[idx]
-        accepted_probs[rate] = float((kept.gather(1, labels[idx, None]) if labels is not None
-                                      else kept.max(1, keepdim=True).values).mean())
+        if probs is not None:
+            kept = probs[idx]
+            accepted_probs[rate] = float((kept.gather(1, labels[idx, None]) if labels is not None
+                                          else kept.max(1, keepdim=True).values).mean())
         save_png(run.eval / f"samples-rate-{rate:g}.png",
                  grid_image(store.images(_grid_indices(idx, labels, nrow)), nrow=nrow))
 
@@ -170,16 +182,19 @@ def evaluate(cfg: PipelineConfig, run: RunDir) -> dict | None:
                                         "features of reconstructions"), e.batch_size)
     recon = metrics_from_features(recon_feats, real, spec, kid_subset_size=min(e.kid_subset_size, len(recon_feats),
                                                                                n_real), seed=e.seed)
+    rejection = {"rejection": "none: the data has no class labels, so there is no classifier to reject with"} \
+        if reject_net is None else dict(
+            mean_classifier_prob_of_kept={f"{r:g}": p for r, p in accepted_probs.items()},
+            rejection_classifier=str(dirs.get("rejection", dirs["features"]).relative_to(run.root)),
+            rejection_classifier_hash=weights_hash(reject_net),
+            rejection_is_feature_network=e.rejection_classifier == "same",
+            rejection_classifier_mixup=cfg.train_classifier.rejection_mixup if "rejection" in dirs else 0.0)
     report = build_report(
-        by_rate, recon, warnings=_warnings(e.n_samples, spec, reference),
-        config_hash=eval_hash(cfg, run), seed=e.seed, n_candidates=n_cand, acceptance_rates=list(e.acceptance_rates),
+        by_rate, recon, warnings=_warnings(e.n_samples, spec, reference, reject_net is None, e.acceptance_rates),
+        config_hash=eval_hash(cfg, run), seed=e.seed, n_candidates=n_cand, acceptance_rates=rates,
         reference=(f"statistics file {e.reference_stats} ({reference.source})" if reference is not None
                    else f"validation images ({n_real})"),
-        mean_classifier_prob_of_kept={f"{r:g}": p for r, p in accepted_probs.items()},
-        rejection_classifier=str(dirs.get("rejection", dirs["features"]).relative_to(run.root)),
-        rejection_classifier_hash=weights_hash(reject_net),
-        rejection_is_feature_network=e.rejection_classifier == "same",
-        rejection_classifier_mixup=cfg.train_classifier.rejection_mixup if "rejection" in dirs else 0.0,
+        **rejection,
         feature_network=str(dirs["features"].relative_to(run.root)) if e.feature_extractor == "domain" else "inception",
         class_conditional=n_classes > 0, temperature=e.temperature, sampler=cfg.sample.sampler,
         torch_fidelity_version=torch_fidelity.__version__,
@@ -193,8 +208,12 @@ def evaluate(cfg: PipelineConfig, run: RunDir) -> dict | None:
     return report
 
 
-def _warnings(n_samples: int, spec: ExtractorSpec, reference: ReferenceStats | None) -> list[str]:
+def _warnings(n_samples: int, spec: ExtractorSpec, reference: ReferenceStats | None, unlabelled: bool,
+              rates: list[float]) -> list[str]:
     out = []
+    if unlabelled and any(r < 1 for r in rates):
+        out.append(f"the data has no class labels, so no classifier was trained and no rejection sampling was done: "
+                   f"acceptance rates {[r for r in rates if r < 1]} were skipped")
     if n_samples < FID_PROTOCOL_N:
         out.append(f"{n_samples:,} samples per acceptance rate, fewer than the {FID_PROTOCOL_N:,} of the standard "
                    f"protocol: Frechet distances are biased upward at small n (benchmarks/fid_bias.py measures by how "

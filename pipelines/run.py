@@ -8,7 +8,7 @@ from accelerate import PartialState
 from .artifacts import RunDir
 from .config import PipelineConfig
 
-STAGES = ["vqvae", "codes", "priors", "samples", "classifier", "eval"]
+from .preflight import STAGES, preflight  # noqa: F401 (STAGES: the order of `vqvae2 run`)
 
 
 def _log(msg: str) -> None:
@@ -110,9 +110,9 @@ def _read_hash(path) -> str | None:
 
 
 def run_all(cfg: PipelineConfig, run: RunDir, force: bool = False, until: str | None = None) -> None:
-    if until is not None and until not in STAGES:
-        raise ValueError(f"--until {until!r}: choose one of {STAGES}")
-    for stage in STAGES:
+    found = preflight(cfg, until)  # before any training: every stage that will run can run
+    labelled = found["num_classes"] >= 2
+    for stage in found["stages"]:
         if stage == "vqvae":
             stage_vqvae(cfg, run, force)
         elif stage == "codes":
@@ -123,10 +123,10 @@ def run_all(cfg: PipelineConfig, run: RunDir, force: bool = False, until: str | 
         elif stage == "samples":
             stage_sample(cfg, run, force=force)
         elif stage == "classifier":
-            if cfg.eval.enabled:
+            if cfg.eval.enabled and labelled:
                 stage_classifier(cfg, run, force)
+            elif cfg.eval.enabled:
+                _log("[classifier] the data has no class labels: no classifier, so evaluation makes no rejection")
         elif stage == "eval":
             if cfg.eval.enabled:
                 stage_eval(cfg, run, force=force)
-        if stage == until:
-            break

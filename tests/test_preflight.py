@@ -1,0 +1,88 @@
+"""`vqvae2 run` checks before its first training step that every stage it will run can run (issue 12),
+and unlabelled folders (FFHQ, CelebA-HQ) run end to end: unconditional priors, no classifier, no rejection."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipelines.cli import main
+
+from conftest import TINY_EVAL, TINY_PRIORS, TINY_VQVAE, write_inception_weights
+
+
+def unlabelled_folder(root, n=40, size=16, seed=0):
+    """Images directly in the folder, no class subfolders: what an FFHQ download looks like."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(root / f"{i:05d}.png")
+    return root
+
+
+def ffhq_like(folder, *extra):
+    """The ffhq256 preset shrunk to a tiny unlabelled folder."""
+    overrides = [f"data.root='{folder}'", "data.size=16", "data.val_fraction=0.25", *TINY_VQVAE, *TINY_PRIORS,
+                 *TINY_EVAL, *extra]
+    argv = []
+    for o in overrides:
+        argv += ["--set", o]
+    return argv
+
+
+@pytest.mark.reliability
+def test_a_run_that_cannot_evaluate_fails_before_any_training(tmp_path, capsys):
+    """`vqvae2 run` on an unlabelled folder with the domain extractor, or Inception weights missing -> error naming the cause and the fix (--until samples), before any training"""
+    folder = unlabelled_folder(tmp_path / "faces")
+    run = tmp_path / "run"
+    base = ["run", "--preset", "ffhq256", "--run-dir", str(run)]
+    assert main([*base, *ffhq_like(folder, "eval.feature_extractor='domain'")]) == 2
+    err = capsys.readouterr().err
+    assert "has no class labels" in err and "--until samples" in err and "eval.feature_extractor='inception'" in err
+    missing = tmp_path / "nowhere" / "inception.pth"
+    assert main([*base, *ffhq_like(folder, f"eval.inception_weights='{missing}'")]) == 2
+    err = capsys.readouterr().err
+    assert str(missing) in err and "--until samples" in err
+    assert not (run / "vqvae").exists()  # nothing trained
+
+
+@pytest.mark.reliability
+def test_missing_data_fails_before_any_training(tmp_path, capsys):
+    """`vqvae2 run` with a missing data root or missing Fashion-MNIST files -> error naming the path, before any training"""
+    run = tmp_path / "run"
+    assert main(["run", "--preset", "fashion32", "--run-dir", str(run), "--set",
+                 f"data.root='{tmp_path / 'no-fmnist'}'"]) == 2
+    assert "no-fmnist" in capsys.readouterr().err
+    assert main(["run", "--preset", "ffhq256", "--run-dir", str(run), "--set",
+                 f"data.root='{tmp_path / 'no-faces'}'"]) == 2
+    assert "no-faces" in capsys.readouterr().err
+    assert not (run / "vqvae").exists()
+
+
+def test_unlabelled_folder_runs_to_samples_with_unconditional_priors(tmp_path):
+    folder = unlabelled_folder(tmp_path / "faces")
+    run = tmp_path / "run"
+    # the domain extractor cannot work here, but --until samples never evaluates
+    assert main(["run", "--preset", "ffhq256", "--run-dir", str(run), "--until", "samples",
+                 *ffhq_like(folder, "eval.feature_extractor='domain'")]) == 0
+    for level in ("top", "bottom"):
+        assert json.loads((run / f"prior-{level}" / "model.json").read_text())["config"]["n_classes"] == 0
+    with np.load(run / "samples" / "samples.npz") as s:
+        assert (s["labels"] == -1).all()
+
+
+def test_unlabelled_folder_runs_end_to_end_with_inception(tmp_path, monkeypatch, capsys):
+    import torch
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    folder = unlabelled_folder(tmp_path / "faces")
+    weights = write_inception_weights(tmp_path / "inception.pth", seed=7)
+    run = tmp_path / "run"
+    assert main(["run", "--preset", "ffhq256", "--run-dir", str(run),
+                 *ffhq_like(folder, f"eval.inception_weights='{weights}'", "eval.acceptance_rates=[1.0, 0.5]")]) == 0
+    assert "no class labels: no classifier" in capsys.readouterr().out
+    assert not (run / "classifier").exists()
+    report = json.loads((run / "eval" / "report.json").read_text())
+    assert [r["acceptance_rate"] for r in report["rows"]] == [1.0]
+    assert report["provenance"]["rejection"].startswith("none: the data has no class labels")
+    assert report["fd_label"].startswith("FD-inception (non-standard weights")
+    assert any("acceptance rates [0.5] were skipped" in w for w in report["warnings"])
