@@ -1,10 +1,12 @@
-"""Watching a run (issue 14): validation points, curves.png, progress pictures, trackers."""
+"""Watching a run (issue 14): validation points, curves.png, progress pictures, trackers, `vqvae2 status`."""
 import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +15,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from pipelines.artifacts import RunDir, read_json
-from pipelines.cli import main
+from pipelines.artifacts import RunDir, find_training_state, read_json
+from pipelines.cli import load_run_config, main
 from pipelines.codes import first_codes
 from pipelines.config import TRACKERS, resolve_config
 from pipelines.curves import plot_curves, read_records
@@ -37,6 +39,15 @@ def _cli(*args, overrides=()):
     for o in overrides:
         argv += ["--set", o]
     return main(argv)
+
+
+def _status(run) -> dict:
+    from pipelines.status import run_status
+    return run_status(RunDir(run))
+
+
+def _stages(status: dict) -> dict:
+    return {s["stage"]: s for s in status["stages"]}
 
 
 @pytest.fixture(scope="module")
@@ -219,3 +230,95 @@ def test_unknown_or_missing_tracker_is_a_clear_error(tmp_path, monkeypatch, caps
     err = capsys.readouterr().err
     assert "the tensorboard tracker needs the 'tensorboard' package" in err and "pip install -e .[tensorboard]" in err
     assert not (run / "vqvae").exists()
+
+
+# 4. vqvae2 status
+
+def test_status_of_a_fresh_run(tmp_path, capsys):
+    assert _status(tmp_path / "nothing") == {"run_dir": str(tmp_path / "nothing"), "config": None, "stages": [],
+                                             "next": f"vqvae2 run --preset PRESET --run-dir {tmp_path / 'nothing'}",
+                                             "next_stage": None}
+    run = tmp_path / "run"
+    load_run_config(RunDir(run), "demo", folder_overrides(make_image_folder(tmp_path / "images")))
+    status = _status(run)
+    assert [(s["stage"], s["state"]) for s in status["stages"]] == [
+        ("vqvae", "not started"), ("codes", "not started"), ("prior-top", "not started"),
+        ("prior-bottom", "not started"), ("samples", "not started"), ("classifier", "not started"),
+        ("eval", "not started")]
+    assert status["next"] == f"vqvae2 train-vqvae --run-dir {run}"
+    assert _cli("status", "--run-dir", str(run)) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[1].split() == ["vqvae", "not", "started"] and f"next: vqvae2 train-vqvae" in out
+
+
+def test_status_of_a_finished_run_shows_each_stage_key_metric(watched_run, capsys):
+    assert _cli("status", "--run-dir", str(watched_run), "--json") == 0
+    status = json.loads(capsys.readouterr().out)
+    stages = _stages(status)
+    assert all(s["state"] == "done" for s in status["stages"]) and status["next"] is None
+    vq = read_json(watched_run / "vqvae" / "metrics.json")
+    assert stages["vqvae"]["metrics"] == {"psnr": vq["psnr"], "codes_used": vq["codes_used"]}
+    for level in ("top", "bottom"):
+        m = read_json(watched_run / f"prior-{level}" / "metrics.json")
+        assert stages[f"prior-{level}"]["metrics"]["nll_bits"] == m["nll_bits"]
+    cls = read_json(watched_run / "classifier" / "metrics.json")["classifiers"]
+    assert stages["classifier"]["metrics"]["accuracy"] == {r: c["accuracy"] for r, c in cls.items()}
+    rows = read_json(watched_run / "eval" / "report.json")["rows"]
+    assert stages["eval"]["metrics"] == {"fd_label": "FD-domain", "fd": {"1": rows[0]["fd"], "0.5": rows[1]["fd"]}}
+    assert _cli("status", "--run-dir", str(watched_run)) == 0
+    text = capsys.readouterr().out
+    assert f"PSNR {vq['psnr']:.2f} dB" in text and "FD-domain" in text and "next: nothing, every stage is done" in text
+
+
+def test_status_of_a_killed_run_and_of_a_changed_config(tmp_path):
+    folder = make_image_folder(tmp_path / "images")
+    run = RunDir(tmp_path / "run")
+    overrides = [*folder_overrides(folder), "train_vqvae.log_every=1"]
+    cfg = load_run_config(run, "demo", overrides)
+    assert train_vqvae(cfg, run, stop_after=3) is None  # as if killed after step 3; the last save is step 2
+    with open(run.vqvae / "metrics.jsonl", "a") as f:
+        f.write('{"step": 4, "lo')  # a line cut by the kill
+    os.replace(run.vqvae / "state", run.vqvae / "state.old")  # killed between the two renames of a save
+    last = read_records(run.vqvae / "metrics.jsonl")[-1]
+    vq = _stages(_status(run.root))["vqvae"]
+    assert vq["state"] == "in progress" and vq["metrics"]["step"] == 2 and vq["metrics"]["steps"] == 6
+    assert vq["metrics"]["last_logged_step"] == 3 and vq["metrics"]["last_loss"] == last["loss"]
+    assert vq["metrics"]["saved_at"] is not None and "step 3 of 6" in vq["detail"]
+    assert _status(run.root)["next"] == f"vqvae2 train-vqvae --run-dir {run.root}"
+    # the config changed since the state was saved: training would refuse it without --force
+    load_run_config(run, "demo", [*overrides, "train_vqvae.lr=0.01"])
+    vq = _stages(_status(run.root))["vqvae"]
+    assert vq["state"] == "stale" and vq["command"].endswith("--force")
+    # a finished stage whose config changed since
+    shutil.rmtree(run.vqvae)
+    train_vqvae(cfg, run)
+    assert _stages(_status(run.root))["vqvae"]["state"] == "stale"
+    load_run_config(run, "demo", overrides)
+    assert [s["state"] for s in _status(run.root)["stages"]][:2] == ["done", "not started"]
+
+
+@pytest.mark.reliability
+def test_status_while_another_process_trains_and_after_a_sigkill(tmp_path):
+    """vqvae2 status while train-vqvae writes the run, then after SIGKILL -> never fails; in progress with the step of the last save"""
+    folder = make_image_folder(tmp_path / "images")
+    run = tmp_path / "run"
+    load_run_config(RunDir(run), "demo", [*folder_overrides(folder), "train_vqvae.steps=300", "train_vqvae.save_every=3",
+                                          "train_vqvae.log_every=1", "train_vqvae.val_every=4"])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "train-vqvae", "--run-dir", str(run)], cwd=REPO,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    seen = set()
+    try:
+        t0 = time.time()
+        while time.time() - t0 < 120 and proc.poll() is None:
+            vq = _stages(_status(run))["vqvae"]
+            seen.add(vq["state"])
+            if vq["state"] == "in progress" and vq["metrics"]["step"] >= 9:
+                break
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert "in progress" in seen and seen <= {"not started", "in progress"}
+    saved = json.loads((find_training_state(run / "vqvae" / "state") / "progress.json").read_text())["step"]
+    vq = _stages(_status(run))["vqvae"]
+    assert vq["state"] == "in progress" and vq["metrics"]["step"] == saved >= 9
