@@ -216,6 +216,6 @@ def render_status(status: dict) -> str:
     if todo is None:
         lines += ["", "next: nothing, every stage is done"]
     else:
-        resumes = todo["state"] == IN_PROGRESS and todo["metrics"].get("step")
-        lines += ["", f"next: {status['next']}" + (f"   (resumes from step {todo['metrics']['step']})" if resumes else "")]
+        step = todo["metrics"].get("step") if todo["state"] == IN_PROGRESS else None
+        lines += ["", f"next: {status['next']}" + (f"   (resumes from step {step})" if step else "")]
     return "\n".join(lines) + "\n"

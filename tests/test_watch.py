@@ -156,7 +156,7 @@ def test_watching_leaves_the_prior_and_classifier_weights_alone(watched_run, tmp
     assert _cli("train-classifier", "--run-dir", str(copy), "--force", overrides=UNWATCH) == 0
     for stage in ("prior-bottom", "classifier", "classifier/rejection"):
         assert not (copy / stage / "progress").exists() and not (copy / stage / "logs").exists()
-        a, b = load_file(str(watched_run / stage / "model.safetensors")), load_file(str(copy / stage / "model.safetensors"))
+        a, b = (load_file(str(r / stage / "model.safetensors")) for r in (watched_run, copy))
         assert all(torch.equal(a[k], b[k]) for k in a), stage
 
 
@@ -302,8 +302,9 @@ def test_status_while_another_process_trains_and_after_a_sigkill(tmp_path):
     """vqvae2 status while train-vqvae writes the run, then after SIGKILL -> never fails; in progress with the step of the last save"""
     folder = make_image_folder(tmp_path / "images")
     run = tmp_path / "run"
-    load_run_config(RunDir(run), "demo", [*folder_overrides(folder), "train_vqvae.steps=300", "train_vqvae.save_every=3",
-                                          "train_vqvae.log_every=1", "train_vqvae.val_every=4"])
+    load_run_config(RunDir(run), "demo", [*folder_overrides(folder), "train_vqvae.steps=5000",
+                                          "train_vqvae.save_every=3", "train_vqvae.log_every=1",
+                                          "train_vqvae.val_every=4"])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "train-vqvae", "--run-dir", str(run)], cwd=REPO,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
