@@ -103,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-features", action="store_true",
                    help="write mu and sigma only (KID and precision/recall then cannot use the file)")
     p.add_argument("--out", type=Path, required=True, help="the .npz to write")
+
+    p = sub.add_parser("status", help="every stage of a run: done, in progress, not started or stale; the next command")
+    p.add_argument("--run-dir", required=True, type=Path, help="the run directory (read only)")
+    p.add_argument("--json", action="store_true", help="print the status as JSON")
     return parser
 
 
@@ -139,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args, run: RunDir) -> int:
     from . import run as pipeline
 
+    if args.command == "status":
+        return _status(args, run)
     overrides = list(args.overrides)
     if args.command == "fid-stats":
         return _fid_stats(args, run, overrides)
@@ -173,6 +179,16 @@ def _dispatch(args, run: RunDir) -> int:
         pipeline.stage_classifier(cfg, run, force=args.force)
     elif args.command == "evaluate":
         pipeline.stage_eval(cfg, run)
+    return 0
+
+
+def _status(args, run: RunDir) -> int:
+    import json
+
+    from .status import render_status, run_status
+    if _is_main_process():
+        status = run_status(run)
+        print(json.dumps(status, indent=2) if args.json else render_status(status), end="\n" if args.json else "")
     return 0
 
 

@@ -91,6 +91,14 @@ def read_codes_meta(run: RunDir) -> dict:
     return meta
 
 
+def first_codes(run: RunDir, split: str, n: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The codes of every level (top first, each (n, h, w) int64) and the labels of a split's first n items."""
+    meta = read_codes_meta(run)
+    d = run.codes / split
+    codes = [torch.from_numpy(load_npy(d / f"{lv}.npy", mmap=True)[:n].astype(np.int64)) for lv in meta["levels"]]
+    return codes, torch.from_numpy(load_npy(d / "labels.npy")[:n])
+
+
 class CodesDataset(Dataset):
     """Items (label, codes of `level`, codes of every level above it...) as int64 tensors, read by mmap."""
 

@@ -14,6 +14,8 @@ from vqvae2.config import VQVAEConfig, _check, from_dict, level_names, to_dict, 
 
 from .data import DataConfig
 
+# the trackers accelerate 1.x supports (accelerate.utils.LoggerType, less "all"); each is also its package's name
+TRACKERS = ("tensorboard", "wandb", "trackio", "comet_ml", "aim", "mlflow", "clearml", "dvclive", "swanlab")
 
 
 @dataclass
@@ -34,15 +36,26 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 0
     val_batches: int = 0  # 0 = the whole validation split
+    # watching a run (README, "Watching a run"); none of these changes the trained weights
+    val_every: int = 0  # a validation point in metrics.jsonl every N steps; 0 = only the final evaluation
+    image_every: int = 0  # a progress picture every N steps (VQ-VAE and priors); 0 = none
+    log_with: str = ""  # accelerate trackers, comma-separated ("tensorboard", "wandb", ...); "" = none
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "log_every", "save_every"):
             _check(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("lr", "warmup_steps", "weight_decay", "grad_clip", "num_workers", "val_batches"):
+        for name in ("lr", "warmup_steps", "weight_decay", "grad_clip", "num_workers", "val_batches", "val_every",
+                     "image_every"):
             _check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in self.trackers:
+            _check(name in TRACKERS, f"log_with names an unknown tracker {name!r}; choose from {', '.join(TRACKERS)}")
         _check(0 <= self.ema_decay < 1, f"ema_decay must be in [0, 1), got {self.ema_decay}")
         _check(self.mixed_precision in ("no", "bf16", "fp16"),
                f"mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
+
+    @property
+    def trackers(self) -> list[str]:
+        return [name.strip() for name in self.log_with.split(",") if name.strip()]
 
 
 @dataclass
@@ -128,12 +141,14 @@ class PipelineConfig:
 
     def hash_dict(self, *sections: str) -> dict[str, Any]:
         """The named sections for a stage hash: options added after runs existed are left out while
-        they hold their default, so a finished run stays finished after an upgrade."""
+        they hold their default, so a finished run stays finished after an upgrade. Options that only
+        watch a run (WATCH_OPTIONS) are always left out: turning them on mid-run must not restart it."""
         d = self.to_dict()
         out = {}
         for name in sections:
             later = ADDED_LATER.get(name, {})
-            out[name] = {k: v for k, v in d[name].items() if not (k in later and later[k] == v)}
+            out[name] = {k: v for k, v in d[name].items()
+                         if not (k in later and later[k] == v) and not (k in WATCH_OPTIONS and name in TRAIN_SECTIONS)}
         return out
 
 
@@ -143,6 +158,11 @@ ADDED_LATER: dict[str, dict[str, Any]] = {
     "sample": {"format": "npz"},
     "eval": {"reference_stats": ""},
 }
+
+
+# options of TrainConfig that change what is shown while a stage trains, never what it trains
+WATCH_OPTIONS = ("val_every", "image_every", "log_with")
+TRAIN_SECTIONS = ("train_vqvae", "train_prior", "train_classifier")
 
 
 SECTIONS = {f.name: f for f in dataclasses.fields(PipelineConfig)}

@@ -13,6 +13,7 @@ from .config import PipelineConfig
 from .data import build_datasets
 from .images import grid_image, to_uint8
 from .train import make_accelerator, train
+from .watch import Watcher
 
 
 def stage_hash(cfg: PipelineConfig) -> str:
@@ -73,30 +74,63 @@ def evaluate_vqvae(model: VQVAE2, dataset, batch_size: int = 256, max_batches: i
     return metrics, first[0], first[1]
 
 
+def flat_metrics(metrics: dict) -> dict:
+    """evaluate_vqvae's metrics as one flat record: mse, psnr, and perplexity_<level>, codes_used_<level>..."""
+    out = {"mse": metrics["mse"], "psnr": metrics["psnr"]}
+    for level, values in metrics["levels"].items():
+        out.update({f"{k}_{level}": v for k, v in values.items()})
+    return out
+
+
+@torch.no_grad()
+def recon_grid(model: VQVAE2, images: torch.Tensor):
+    """A picture of `images` (top row) above their reconstructions (bottom row)."""
+    recons = model.decode_codes(model.encode(images))
+    return grid_image(to_uint8(torch.cat([images, recons])), nrow=len(images))
+
+
+def first_images(dataset, n: int = 8) -> torch.Tensor:
+    """The first n images of a split (fixed, so that pictures of successive steps compare)."""
+    return torch.stack([dataset[i][0] for i in range(min(n, len(dataset)))])
+
+
+def vqvae_watcher(cfg: PipelineConfig, run: RunDir, val_set, device) -> Watcher:
+    """Validation points (val MSE, PSNR, perplexity and codes used per level) and reconstructions of
+    the first validation images while the VQ-VAE trains."""
+    tcfg = cfg.train_vqvae
+    fixed = first_images(val_set).to(device)
+
+    def validate(model):
+        return flat_metrics(evaluate_vqvae(model, val_set, max_batches=tcfg.val_batches, device=device)[0])
+
+    return Watcher(run.vqvae, tcfg, validate, lambda model: recon_grid(model, fixed), picture="recon")
+
+
 def train_vqvae(cfg: PipelineConfig, run: RunDir, stop_after: int | None = None) -> dict | None:
     train_set, val_set = build_datasets(cfg.data)
     if train_set.channels != cfg.vqvae.in_channels:
         raise ValueError(f"vqvae.in_channels is {cfg.vqvae.in_channels} but dataset {cfg.data.name!r} has "
                          f"{train_set.channels} channel(s); set vqvae.in_channels={train_set.channels}")
-    acc = make_accelerator(cfg.train_vqvae)
+    acc = make_accelerator(cfg.train_vqvae, run.vqvae)
     h = stage_hash(cfg)
     torch.manual_seed(cfg.train_vqvae.seed)  # the same seed gives the same initial weights
     model = VQVAE2(cfg.vqvae)
+    watch = vqvae_watcher(cfg, run, val_set, acc.device)
     result = train(model, train_set, cfg.train_vqvae, run.vqvae, vqvae_loss, {"config_hash": h},
-                   accelerator=acc, desc="train-vqvae", stop_after=stop_after)
+                   accelerator=acc, desc="train-vqvae", stop_after=stop_after, watch=watch)
     if stop_after is not None and result.steps < cfg.train_vqvae.steps:
         return None
     if not acc.is_main_process:
         acc.wait_for_everyone()
         return None
     model = result.model
-    metrics, originals, recons = evaluate_vqvae(model, val_set, max_batches=cfg.train_vqvae.val_batches,
-                                                device=acc.device)
+    metrics, _, _ = evaluate_vqvae(model, val_set, max_batches=cfg.train_vqvae.val_batches, device=acc.device)
+    watch.finish(result.steps, flat_metrics(metrics))
     metrics.update(config_hash=h, steps=result.steps, processes=len(result.rank_hashes or [0]),
                    rank_hashes=result.rank_hashes, images_per_second=result.items_per_second,
                    mixed_precision=cfg.train_vqvae.mixed_precision, n_val=len(val_set))
     model.save_pretrained(run.vqvae, extra={"config_hash": h})
-    save_png(run.vqvae / "recon.png", grid_image(to_uint8(torch.cat([originals, recons])), nrow=len(originals)))
+    save_png(run.vqvae / "recon.png", recon_grid(model, first_images(val_set).to(acc.device)))
     write_json(run.vqvae / "metrics.json", metrics)  # last: marks the stage as finished
     acc.wait_for_everyone()
     return metrics

@@ -9,11 +9,15 @@ from torch.utils.data import DataLoader
 
 from vqvae2.config import PixelSNAILConfig, from_dict
 from vqvae2.pixelsnail import PixelSNAIL
+from vqvae2.sampling import sample_cached
+from vqvae2.vqvae import VQVAE2
 
 from .artifacts import RunDir, hash_config, read_json, write_json
-from .codes import CodesDataset, read_codes_meta
+from .codes import CodesDataset, first_codes, read_codes_meta
 from .config import PipelineConfig
+from .images import grid_image, to_uint8
 from .train import make_accelerator, train
+from .watch import Watcher
 
 DERIVED = ("codebook_size", "height", "width", "n_classes", "cond_shapes")
 
@@ -73,24 +77,61 @@ def evaluate_prior(model: PixelSNAIL, dataset, batch_size: int = 256, max_batche
     return {"nll_bits": nll / n / math.log(2), "accuracy": correct / n, "n_codes": n}
 
 
+def val_record(metrics: dict) -> dict:
+    return {"nll_bits": metrics["nll_bits"], "accuracy": metrics["accuracy"]}
+
+
+@torch.no_grad()
+def teacher_forced_grid(prior: PixelSNAIL, vqvae: VQVAE2, codes: list[torch.Tensor], labels: torch.Tensor,
+                        level: int, seed: int = 0):
+    """What the prior of `level` adds: the top row decodes the validation items' own codes; the bottom
+    row replaces their codes of `level` by a sample of the prior given their codes of the levels above
+    (and their labels), keeping their own codes of the levels below."""
+    g = torch.Generator().manual_seed(seed)  # the same noise at every step: only the prior changes
+    sampled = sample_cached(prior, len(labels), cond=codes[:level] or None,
+                            labels=labels if prior.config.n_classes else None, temperature=1.0, generator=g)
+    mixed = [*codes[:level], sampled.cpu(), *codes[level + 1:]]
+    device = next(vqvae.parameters()).device
+    images = vqvae.decode_codes([torch.cat([c, m]).to(device) for c, m in zip(codes, mixed)])
+    return grid_image(to_uint8(images), nrow=len(labels))
+
+
+def prior_watcher(cfg: PipelineConfig, run: RunDir, level: str, val_set, acc) -> Watcher:
+    """Validation points (NLL bits, accuracy) and, with image_every, a teacher-forced picture of the
+    prior's samples (the VQ-VAE is loaded for it, on the main process only)."""
+    tcfg = cfg.train_prior
+
+    def validate(model):
+        return val_record(evaluate_prior(model, val_set, max_batches=tcfg.val_batches, device=acc.device))
+
+    draw = None
+    if tcfg.image_every and acc.is_main_process:
+        vqvae = VQVAE2.from_pretrained(run.vqvae, map_location=acc.device).eval()
+        codes, labels = first_codes(run, "val", n=8)
+        draw = lambda model: teacher_forced_grid(model, vqvae, codes, labels, vqvae.levels.index(level))  # noqa: E731
+    return Watcher(run.prior(level), tcfg, validate, draw, picture="samples")
+
+
 def train_prior(cfg: PipelineConfig, run: RunDir, level: str, stop_after: int | None = None) -> dict | None:
     meta = read_codes_meta(run)
     pcfg = prior_config(cfg, level, meta)
     train_set, val_set = CodesDataset(run, "train", level), CodesDataset(run, "val", level)
-    acc = make_accelerator(cfg.train_prior)
+    acc = make_accelerator(cfg.train_prior, run.prior(level))
     h = stage_hash(cfg, run, level)
     torch.manual_seed(cfg.train_prior.seed)
     model = PixelSNAIL(pcfg)
     per_item = pcfg.height * pcfg.width
+    watch = prior_watcher(cfg, run, level, val_set, acc)
     result = train(model, train_set, cfg.train_prior, run.prior(level), prior_loss, {"config_hash": h},
                    accelerator=acc, items_per_batch=lambda batch: len(batch[0]) * per_item,
-                   desc=f"train-prior {level}", stop_after=stop_after)
+                   desc=f"train-prior {level}", stop_after=stop_after, watch=watch)
     if stop_after is not None and result.steps < cfg.train_prior.steps:
         return None
     if not acc.is_main_process:
         acc.wait_for_everyone()
         return None
     metrics = evaluate_prior(result.model, val_set, max_batches=cfg.train_prior.val_batches, device=acc.device)
+    watch.finish(result.steps, val_record(metrics))
     metrics.update(config_hash=h, level=level, steps=result.steps, processes=len(result.rank_hashes or [0]),
                    rank_hashes=result.rank_hashes, codes_per_second=result.items_per_second,
                    n_params=sum(p.numel() for p in result.model.parameters()), ema_weights=cfg.train_prior.ema_decay > 0)

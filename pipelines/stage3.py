@@ -14,7 +14,7 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 from accelerate import PartialState
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from eval.classifier import Classifier, ClassifierConfig, evaluate_accuracy, weights_hash
 from vqvae2.config import from_dict
@@ -23,6 +23,7 @@ from .artifacts import RunDir, hash_config, write_json
 from .config import PipelineConfig
 from .data import build_datasets
 from .train import make_accelerator, train
+from .watch import Watcher
 
 DERIVED = ("in_channels", "image_size", "num_classes")
 
@@ -63,6 +64,13 @@ def classifier_loss(mixup: float = 0.0):
     return loss_fn
 
 
+def val_accuracy(model: Classifier, val_set, val_batches: int = 0, batch_size: int = 512) -> float:
+    """Top-1 accuracy on the validation split (its first val_batches batches when > 0)."""
+    if val_batches:
+        val_set = Subset(val_set, range(min(len(val_set), val_batches * batch_size)))
+    return evaluate_accuracy(model, DataLoader(val_set, batch_size=batch_size))
+
+
 def train_classifier(cfg: PipelineConfig, run: RunDir) -> dict | None:
     train_set, val_set = build_datasets(cfg.data)
     if train_set.num_classes < 2:
@@ -79,14 +87,16 @@ def train_classifier(cfg: PipelineConfig, run: RunDir) -> dict | None:
     for offset, (role, out_dir) in enumerate(classifier_dirs(cfg, run).items()):
         tcfg = dataclasses.replace(cfg.train_classifier, seed=cfg.train_classifier.seed + offset)
         mixup = tcfg.rejection_mixup if role == "rejection" else 0.0
-        acc = make_accelerator(tcfg)
+        acc = make_accelerator(tcfg, out_dir)
         torch.manual_seed(tcfg.seed)
+        watch = Watcher(out_dir, tcfg, lambda model: {"accuracy": val_accuracy(model, val_set, tcfg.val_batches)})
         result = train(Classifier(ccfg), train_set, tcfg, out_dir, classifier_loss(mixup),
                        {"config_hash": h, "role": role},
-                       accelerator=acc, desc=f"train-classifier {role}")
+                       accelerator=acc, desc=f"train-classifier {role}", watch=watch)
         if acc.is_main_process:
             model = result.model.eval()
-            accuracy = evaluate_accuracy(model, DataLoader(val_set, batch_size=512))
+            accuracy = val_accuracy(model, val_set)
+            watch.finish(result.steps, {"accuracy": accuracy})
             metrics[role] = {"accuracy": accuracy, "steps": result.steps, "images_per_second": result.items_per_second,
                              "weights_hash": weights_hash(model), "seed": tcfg.seed, "mixup": mixup}
             model.save_pretrained(out_dir, extra={"config_hash": h})

@@ -19,8 +19,9 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
-from .artifacts import append_jsonl, find_training_state, load_training_state, save_training_state, truncate_jsonl
+from .artifacts import find_training_state, load_training_state, save_training_state, truncate_jsonl
 from .config import TrainConfig
+from .watch import Watcher, tracker_kwargs
 
 
 class TrainingError(RuntimeError):
@@ -52,7 +53,8 @@ class StepBatchSampler(Sampler[list[int]]):
             yield perm[lo:lo + self.bs].tolist()
 
 
-def make_accelerator(cfg: TrainConfig) -> Accelerator:
+def make_accelerator(cfg: TrainConfig, out_dir: str | Path | None = None) -> Accelerator:
+    """The stage's Accelerator; with cfg.log_with, its trackers write under out_dir/logs."""
     cuda = torch.cuda.is_available()
     if cfg.mixed_precision == "fp16" and not cuda:
         raise ValueError("mixed_precision='fp16' needs a GPU; use 'bf16' or 'no' on CPU")
@@ -60,7 +62,8 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
     from accelerate.state import AcceleratorState
     if AcceleratorState._shared_state and AcceleratorState().mixed_precision != cfg.mixed_precision:
         AcceleratorState._reset_state()  # keeps the process group (PartialState)
-    return Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum, cpu=not cuda)
+    return Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum, cpu=not cuda,
+                       **tracker_kwargs(cfg, out_dir))
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -124,14 +127,16 @@ def train(
     items_per_batch: Callable[[tuple], int] | None = None,
     desc: str = "train",
     stop_after: int | None = None,
+    watch: Watcher | None = None,
 ) -> TrainResult:
     """Trains `model` for cfg.steps optimiser steps, resuming from out_dir/state when present.
 
     `progress` is stored with the state (e.g. the stage's config hash); a state whose hash differs
     is an error, not silently reused. `stop_after` ends the run early without a final save (it
-    stands for a kill in tests)."""
+    stands for a kill in tests). `watch` logs, validates and draws as the run goes (see watch.py)."""
     out_dir = Path(out_dir)
-    acc = accelerator or make_accelerator(cfg)
+    acc = accelerator or make_accelerator(cfg, out_dir)
+    watch = watch or Watcher(out_dir, cfg)
     torch.manual_seed(cfg.seed)
     ema = copy.deepcopy(model).requires_grad_(False) if cfg.ema_decay > 0 else None
     optimizer = make_optimizer(model, cfg)
@@ -155,6 +160,7 @@ def train(
     # its own generator: creating the iterator must not draw from the global RNG the state restores
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.num_workers, generator=torch.Generator())
     count = items_per_batch or (lambda batch: len(batch[0]))
+    watch.start(acc, desc, progress)
 
     def save(at: int) -> None:
         acc.wait_for_everyone()
@@ -175,6 +181,7 @@ def train(
                     loss, logs = loss_fn(model, batch)
                 if not torch.isfinite(loss.detach()):
                     bar.close()
+                    watch.close()
                     raise TrainingError(
                         f"[{desc}] loss became {loss.item()} at step {step + 1}; training stopped. The last good "
                         f"state ({state_dir}) is kept: lower the learning rate or check the data, then re-run.")
@@ -201,14 +208,15 @@ def train(
                 record = {"step": step, "loss": float(loss.detach()), "lr": lr_at(cfg, step - 1),
                           **{k: float(v) for k, v in logs.items()}}
                 bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k not in ("step", "lr")})
-                if acc.is_main_process:
-                    append_jsonl(out_dir / "metrics.jsonl", record)
+                watch.log(record)
+            watch.on_step(step, ema if ema is not None else acc.unwrap_model(model))  # validation, pictures when due
             if stop_after is not None and step >= stop_after:
                 bar.close()
                 return TrainResult(acc.unwrap_model(model), step, 0.0, logs)
             if stop.received is not None:
                 save(step)
                 bar.close()
+                watch.close()
                 acc.print(f"[{desc}] signal {stop.received} received: state saved at step {step} in {state_dir}")
                 raise KeyboardInterrupt(f"stopped by signal {stop.received} at step {step}; re-run to resume")
             if step % cfg.save_every == 0 and step < cfg.steps:
