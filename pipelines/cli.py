@@ -91,6 +91,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference-stats", type=Path, help="an .npz from `vqvae2 fid-stats`, used instead of "
                    "the real images' features (refused when made with another extractor or weights)")
 
+    p = sub.add_parser("vary", help="keep an image's codes at one level and above, resample the levels below")
+    _add_common(p, preset=False)
+    p.add_argument("--image", type=Path, required=True, help="an image file (resized and cropped to the model's size)")
+    p.add_argument("--keep", required=True, help="keep this level and the ones above (top, middle, ...)")
+    p.add_argument("--n", type=int, default=8, help="number of variations")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--class", dest="class_label", type=int, help="class for class-conditional priors "
+                   "(default: the run's classifier's prediction)")
+    p.add_argument("--out", type=Path, help="the grid to write (default RUN/vary/<image>-keep-<level>.png)")
+
     p = sub.add_parser("fid-stats", help="reference statistics (mu, sigma) of a data split or an image folder")
     p.add_argument("--run-dir", type=Path, help="a run (its config; its classifier for the domain extractor)")
     p.add_argument("--preset", help=f"a preset name ({', '.join(preset_names())}) or a .toml file")
@@ -179,6 +190,11 @@ def _dispatch(args, run: RunDir) -> int:
         pipeline.stage_classifier(cfg, run, force=args.force)
     elif args.command == "evaluate":
         pipeline.stage_eval(cfg, run)
+    elif args.command == "vary":
+        from .vary import vary
+        info = vary(cfg, run, args.image, args.keep, n=args.n, seed=args.seed, temperature=args.temperature,
+                    class_label=args.class_label, out=args.out)
+        print(f"[vary] kept {info['kept']}, resampled {info['resampled']} ({info['label']}) -> {info['grid']}")
     return 0
 
 

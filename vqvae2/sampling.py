@@ -256,9 +256,12 @@ def sample_cached(prior: PixelSNAIL, n: int, cond: list[torch.Tensor] | None = N
 def sample_hierarchy(priors: Sequence[PixelSNAIL], n: int, labels: torch.Tensor | None = None,
                      temperature: float | Sequence[float] = 1.0, top_k: int | None | Sequence[int | None] = None,
                      generator: torch.Generator | None = None, sampler: str = "cached",
-                     batch_size: int | None = None, progress: bool = False) -> list[torch.Tensor]:
+                     batch_size: int | None = None, progress: bool = False,
+                     given: Sequence[torch.Tensor] = ()) -> list[torch.Tensor]:
     """Codes of every level, top first, each (n, H_l, W_l) int64. `temperature` and `top_k` may be
-    given per level. Batches of `batch_size` are sampled one after another (all levels each)."""
+    given per level. Batches of `batch_size` are sampled one after another (all levels each).
+    `given` holds the codes of the first len(given) levels (each (n, H_l, W_l)): those are kept and
+    only the levels below them are sampled, conditioned on them (how `vqvae2 vary` resamples detail)."""
     samplers = {"cached": sample_cached, "reference": sample_reference}
     if sampler not in samplers:
         raise ValueError(f"sampler must be one of {sorted(samplers)}, got {sampler!r}")
@@ -272,11 +275,17 @@ def sample_hierarchy(priors: Sequence[PixelSNAIL], n: int, labels: torch.Tensor 
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if labels is not None and tuple(labels.shape) != (n,):
         raise ValueError(f"labels must have shape ({n},), got {tuple(labels.shape)}")
+    if len(given) >= n_levels:
+        raise ValueError(f"given has codes of {len(given)} levels: at least one of the {n_levels} must be left to sample")
+    for i, (codes, prior) in enumerate(zip(given, priors)):
+        want = (n, prior.config.height, prior.config.width)
+        if tuple(codes.shape) != want:
+            raise ValueError(f"given[{i}] must have shape {want}, got {tuple(codes.shape)}")
 
     bar = None
     if progress:
         from tqdm.auto import tqdm
-        total = n * sum(p.config.height * p.config.width for p in priors)
+        total = n * sum(p.config.height * p.config.width for p in priors[len(given):])
         bar = tqdm(total=total, desc="sampling", unit="pos", unit_scale=True)
     out: list[list[torch.Tensor]] = [[] for _ in priors]
     try:
@@ -284,8 +293,8 @@ def sample_hierarchy(priors: Sequence[PixelSNAIL], n: int, labels: torch.Tensor 
             m = min(batch_size, n - start)
             lab = None if labels is None else labels[start:start + m]
             on_row = None if bar is None else (lambda k, m=m: bar.update(k * m))
-            levels: list[torch.Tensor] = []
-            for prior, t, k in zip(priors, temps, top_ks):
+            levels: list[torch.Tensor] = [c[start:start + m].long() for c in given]
+            for prior, t, k in list(zip(priors, temps, top_ks))[len(given):]:
                 levels.append(fn(prior, m, cond=levels or None, labels=lab if prior.config.n_classes else None,
                                  temperature=t, top_k=k, generator=generator, on_row=on_row))
             for i, codes in enumerate(levels):
