@@ -40,6 +40,9 @@ class TrainConfig:
     val_every: int = 0  # a validation point in metrics.jsonl every N steps; 0 = only the final evaluation
     image_every: int = 0  # a progress picture every N steps (VQ-VAE and priors); 0 = none
     log_with: str = ""  # accelerate trackers, comma-separated ("tensorboard", "wandb", ...); "" = none
+    # recompute activations in the backward pass instead of keeping them (less memory, ~1/3 more compute);
+    # VQ-VAE and priors; the same gradients, so it never enters a stage hash and may change on resume
+    activation_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "log_every", "save_every"):
@@ -142,13 +145,14 @@ class PipelineConfig:
     def hash_dict(self, *sections: str) -> dict[str, Any]:
         """The named sections for a stage hash: options added after runs existed are left out while
         they hold their default, so a finished run stays finished after an upgrade. Options that only
-        watch a run (WATCH_OPTIONS) are always left out: turning them on mid-run must not restart it."""
+        watch a run or save memory (UNHASHED_TRAIN_OPTIONS) are always left out: turning them on mid-run
+        must not restart it."""
         d = self.to_dict()
         out = {}
         for name in sections:
             later = ADDED_LATER.get(name, {})
-            out[name] = {k: v for k, v in d[name].items()
-                         if not (k in later and later[k] == v) and not (k in WATCH_OPTIONS and name in TRAIN_SECTIONS)}
+            unhashed = UNHASHED_TRAIN_OPTIONS if name in TRAIN_SECTIONS else ()
+            out[name] = {k: v for k, v in d[name].items() if not (k in later and later[k] == v) and k not in unhashed}
         return out
 
 
@@ -160,8 +164,9 @@ ADDED_LATER: dict[str, dict[str, Any]] = {
 }
 
 
-# options of TrainConfig that change what is shown while a stage trains, never what it trains
-WATCH_OPTIONS = ("val_every", "image_every", "log_with")
+# options of TrainConfig that change what is shown while a stage trains, or how much memory it takes,
+# never what it trains
+UNHASHED_TRAIN_OPTIONS = ("val_every", "image_every", "log_with", "activation_checkpointing")
 TRAIN_SECTIONS = ("train_vqvae", "train_prior", "train_classifier")
 
 

@@ -115,6 +115,7 @@ def train_vqvae(cfg: PipelineConfig, run: RunDir, stop_after: int | None = None)
     h = stage_hash(cfg)
     torch.manual_seed(cfg.train_vqvae.seed)  # the same seed gives the same initial weights
     model = VQVAE2(cfg.vqvae)
+    model.checkpointing = cfg.train_vqvae.activation_checkpointing
     watch = vqvae_watcher(cfg, run, val_set, acc.device)
     result = train(model, train_set, cfg.train_vqvae, run.vqvae, vqvae_loss, {"config_hash": h},
                    accelerator=acc, desc="train-vqvae", stop_after=stop_after, watch=watch)

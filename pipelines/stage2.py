@@ -120,6 +120,7 @@ def train_prior(cfg: PipelineConfig, run: RunDir, level: str, stop_after: int | 
     h = stage_hash(cfg, run, level)
     torch.manual_seed(cfg.train_prior.seed)
     model = PixelSNAIL(pcfg)
+    model.checkpointing = cfg.train_prior.activation_checkpointing
     per_item = pcfg.height * pcfg.width
     watch = prior_watcher(cfg, run, level, val_set, acc)
     result = train(model, train_set, cfg.train_prior, run.prior(level), prior_loss, {"config_hash": h},

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .config import PixelSNAILConfig
 from .pretrained import PretrainedMixin
@@ -164,6 +165,9 @@ class PixelSNAIL(nn.Module, PretrainedMixin):
 
     config_class = PixelSNAILConfig
     model_type = "pixelsnail"
+    # activation checkpointing (a memory saver): each gated unit and attention layer recomputes its
+    # activations in the backward pass, with the same dropout masks (checkpoint restores the RNG state)
+    checkpointing: bool = False
 
     def __init__(self, config: PixelSNAILConfig):
         super().__init__()
@@ -237,9 +241,12 @@ class PixelSNAIL(nn.Module, PretrainedMixin):
         v = self.stem_v(x)
         h = self.stem_h(x) + v
         x_prev = F.pad(rearrange(x, "b c h w -> b (h w) c"), (0, 0, 1, 0))[:, :-1]  # code at p - 1
+        ckpt = self.checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
             for unit in block.units:
-                v, h = unit(v, h, cond_feat, labels)
+                v, h = checkpoint(unit, v, h, cond_feat, labels, use_reentrant=False) if ckpt else \
+                    unit(v, h, cond_feat, labels)
             if block.attn is not None:
-                h = block.attn(h, x_prev, self.background)
+                h = checkpoint(block.attn, h, x_prev, self.background, use_reentrant=False) if ckpt else \
+                    block.attn(h, x_prev, self.background)
         return self.head(F.silu(h))  # (B, K, H, W) logits

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .config import VQVAEConfig
 from .pretrained import PretrainedMixin
@@ -113,14 +114,23 @@ class VQVAE2(nn.Module, PretrainedMixin):
         self.decoder = Decoder(c.embed_dim if n == 1 else 2 * c.embed_dim, c.in_channels, c.channels,
                                c.res_channels, c.n_res_blocks, c.strides[-1])
 
+    # activation checkpointing (a memory saver): encoders and decoders recompute their activations in the
+    # backward pass; the quantizers never run twice (their EMA update must happen once per step)
+    checkpointing: bool = False
+
     @property
     def levels(self) -> list[str]:
         return self.config.levels
 
+    def _run(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(module, x, use_reentrant=False)
+        return module(x)
+
     def _encode_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         feats, h = [], x
         for enc in reversed(self.encoders):  # bottom-up
-            h = enc(h)
+            h = self._run(enc, h)
             feats.append(h)
         return feats[::-1]  # top first
 
@@ -130,7 +140,7 @@ class VQVAE2(nn.Module, PretrainedMixin):
         out_codes, stats, latent_loss = [], [], 0.0
         h = None  # everything known so far, at the current level's grid
         for i in range(self.config.n_levels):
-            cond = self.updecoders[i](h) if i > 0 else None  # (B, D, h_i, w_i)
+            cond = self._run(self.updecoders[i], h) if i > 0 else None  # (B, D, h_i, w_i)
             if feats is not None:
                 z = feats[i] if cond is None else torch.cat([feats[i], cond], 1)
                 q, c, loss, s = self.quantizers[i](self.pre_quant[i](z))
@@ -145,7 +155,7 @@ class VQVAE2(nn.Module, PretrainedMixin):
     def forward(self, x: torch.Tensor) -> VQVAEOutput:
         self._check_images(x)
         h, codes, latent_loss, stats = self._top_down(self._encode_features(x), None)
-        return VQVAEOutput(self.decoder(h), codes, latent_loss, stats)
+        return VQVAEOutput(self._run(self.decoder, h), codes, latent_loss, stats)
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
