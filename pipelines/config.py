@@ -139,6 +139,7 @@ class PipelineConfig:
 
 # section -> {option: default} of options added after the first release (see PipelineConfig.hash_dict)
 ADDED_LATER: dict[str, dict[str, Any]] = {
+    "data": {"cache": True, "cache_dir": "", "workers": 0},
     "vqvae": {"quantizer": "ema"},
     "sample": {"format": "npz"},
     "eval": {"reference_stats": ""},
