@@ -134,6 +134,9 @@ class PipelineConfig:
         for name in sections:
             later = ADDED_LATER.get(name, {})
             out[name] = {k: v for k, v in d[name].items() if not (k in later and later[k] == v)}
+            extra = getattr(getattr(self, name), "hash_extra", None)  # what identifies the data beyond its options
+            if extra is not None:
+                out[name] |= extra()
         return out
 
 
