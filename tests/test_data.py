@@ -173,6 +173,16 @@ def test_prepared_arrays_damaged(tmp_path):
     assert str(cache.path) in str(e.value)
 
 
+@pytest.mark.reliability
+def test_prepared_arrays_root_not_a_directory(tmp_path):
+    """data.cache_dir naming a file, not a directory -> error naming it and the options to change"""
+    root = tmp_path / "not-a-dir"
+    root.write_text("x")
+    with pytest.raises(DataError, match="data.cache_dir") as e:
+        build_datasets(DataConfig(size=8, n_train=2, n_val=2, cache_dir=str(root)))
+    assert str(root) in str(e.value)
+
+
 # ----------------------------------------------------------------------------- fashion-mnist
 
 

@@ -68,7 +68,11 @@ class PreparedArrays:
         found = self.load()
         if found is not None:
             return found
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise DataError(f"cannot make the prepared-data cache directory {self.root} ({type(e).__name__}: {e}); "
+                            f"set data.cache_dir to a writable directory, or data.cache=false") from e
         with self._lock():
             found = self.load()  # built by another process while this one waited
             if found is not None:
