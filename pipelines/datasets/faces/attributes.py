@@ -87,13 +87,19 @@ def _nose(rng, a):
 
 
 def _mouth(rng, a):
+    """Each class has its own shape, readable at 32 px: a wide U (smile), a flat line (neutral), a tall O (open)."""
     u = rng.uniform
     kind = a["mouth"]
-    width = {"smile": u(0.36, 0.46), "neutral": u(0.3, 0.38), "open": u(0.24, 0.32)}[kind]
-    curve = {"smile": u(0.07, 0.11), "neutral": u(-0.006, 0.01), "open": u(0.0, 0.02)}[kind]
-    opening = {"smile": u(0.1, 0.16) if u() < 0.5 else 0.0, "neutral": 0.0, "open": u(0.24, 0.34)}[kind]
-    return dict(mouth_y=u(0.52, 0.6), mouth_w=width, smile=curve, mouth_open=opening,
-                asym=u(-0.025, 0.025), lip_u=u(0.045, 0.065), lip_l=u(0.055, 0.08))
+    if kind == "smile":
+        shape = dict(mouth_w=u(0.38, 0.48), smile=u(0.15, 0.22), mouth_open=u(0.1, 0.16) if u() < 0.5 else 0.0,
+                     lip_u=u(0.03, 0.045), lip_l=u(0.04, 0.06))
+    elif kind == "neutral":
+        shape = dict(mouth_w=u(0.3, 0.38), smile=u(-0.01, 0.01), mouth_open=0.0, lip_u=u(0.022, 0.035),
+                     lip_l=u(0.03, 0.045))
+    else:
+        shape = dict(mouth_w=u(0.2, 0.26), smile=u(0.0, 0.02), mouth_open=u(0.32, 0.42), lip_u=u(0.03, 0.045),
+                     lip_l=u(0.035, 0.05))
+    return dict(shape, mouth_y=u(0.52, 0.6), asym=u(-0.015, 0.015))
 
 
 def _glasses(rng, a):

@@ -144,7 +144,10 @@ def draw_mouth(cv: Canvas, a: dict, lay: Layout) -> None:
     lx = a["light_x"]
     hx, hy = (lo_in[mid] + lo_out[mid]) / 2 + [lx * mw * 0.15, 0]
     cv.shape(ellipse(hx, hy, mw * 0.28, a["lip_l"] * lay.fh * 0.22, n=16), rgba((255, 255, 255), 70))
-    cv.line(up_in if a["mouth_open"] > 0 else (up_in + lo_in) / 2, rgba(scale(lip, 0.35), 230), 0.007, curve=True)
+    if a["mouth_open"] > 0:
+        cv.line(up_in, rgba(scale(lip, 0.35), 230), 0.006, curve=True)
+    else:  # the line between closed lips carries the mouth's shape at small sizes
+        cv.line((up_in + lo_in) / 2, rgba(scale(lip, 0.3), 235), 0.015, curve=True)
     if a["mouth"] == "smile":  # dimples at the corners
         for end, side in ((up_in[0], -1), (up_in[-1], 1)):
             cv.line(bezier(end + [side * 0.012, -0.015], end + [side * 0.02, 0.0], end + [side * 0.01, 0.015]),
@@ -153,7 +156,7 @@ def draw_mouth(cv: Canvas, a: dict, lay: Layout) -> None:
 
 def _inside_mouth(cv: Canvas, a: dict, lay: Layout, up_in, lo_in) -> None:
     cv.shape(np.concatenate([up_in, lo_in[::-1]]), MOUTH_INSIDE)
-    teeth = a["mouth_open"] * lay.fh * (0.45 if a["mouth"] == "smile" else 0.3)
+    teeth = a["mouth_open"] * lay.fh * (0.45 if a["mouth"] == "smile" else 0.16)
     cv.shape(np.concatenate([up_in, up_in[::-1] + [0, teeth]]), TEETH)
     mx, my, mw = lay.mouth
     for t in (-0.5, -0.17, 0.17, 0.5):
@@ -162,7 +165,7 @@ def _inside_mouth(cv: Canvas, a: dict, lay: Layout, up_in, lo_in) -> None:
         cv.line([(x, y), (x, y + teeth)], (200, 196, 190), 0.002)
     if a["mouth"] == "open":
         bottom = lo_in[len(lo_in) // 2][1]
-        cv.shape(ellipse(mx, bottom, mw * 0.6, a["mouth_open"] * lay.fh * 0.35), TONGUE)
+        cv.shape(ellipse(mx, bottom, mw * 0.6, a["mouth_open"] * lay.fh * 0.28), TONGUE)
 
 
 def draw_freckles(cv: Canvas, a: dict, lay: Layout, rng: np.random.Generator) -> None:
