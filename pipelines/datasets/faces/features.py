@@ -36,7 +36,7 @@ def draw_eye(cv: Canvas, a: dict, lay: Layout, side: int) -> None:
     ix, iy = ex + a["look_x"] * ew * 0.3, ey + a["look_y"] * eh * 0.2
 
     def inside(sub: Canvas):
-        sub.shape(np.concatenate([upper, lower[::-1]]) + [[0, 0]], SCLERA)
+        sub.shape(np.concatenate([upper, lower[::-1]]), SCLERA)
         sub.shape(np.concatenate([upper, upper[::-1] + [0, eh * 0.55]]), rgba((150, 120, 120), 70))  # lid shadow
         _iris(sub, a, ix, iy, ri)
 
@@ -66,7 +66,7 @@ def _iris(cv: Canvas, a: dict, x, y, r) -> None:
         cv.line([(x, y) + u * r * 0.45, (x, y) + u * r * 0.84], colour, r * 0.12)
     cv.circle(x, y, r * 0.42, (12, 10, 10))
     lx = a["light_x"]
-    cv.circle(x + lx * r * 0.35, y - r * 0.38, r * 0.22, (255, 255, 255), head=True)
+    cv.circle(x + lx * r * 0.35, y - r * 0.38, r * 0.22, (255, 255, 255))
     cv.circle(x - lx * r * 0.3, y + r * 0.35, r * 0.09, rgba((255, 255, 255), 200))
 
 
@@ -127,14 +127,12 @@ def mouth_curves(a: dict, lay: Layout, n: int = 21):
     lo_in = centre + opening * 0.7 * edge ** 0.8
     up_out = up_in - a["lip_u"] * fh * edge ** 0.6 * bow
     lo_out = lo_in + a["lip_l"] * fh * edge ** 0.7
-    pt = lambda y: np.stack([x, y], 1)  # noqa: E731
-    return pt(up_out), pt(up_in), pt(lo_in), pt(lo_out)
+    return tuple(np.stack([x, y], 1) for y in (up_out, up_in, lo_in, lo_out))
 
 
 def draw_mouth(cv: Canvas, a: dict, lay: Layout) -> None:
     up_out, up_in, lo_in, lo_out = mouth_curves(a, lay)
-    lip = a["lip"]
-    mx, my, mw = lay.mouth
+    lip, mw = a["lip"], lay.mouth[2]
     if a["mouth_open"] > 0:
         gap = np.concatenate([up_in, lo_in[::-1]])
         cv.clipped(gap, lambda sub: _inside_mouth(sub, a, lay, up_in, lo_in))

@@ -25,27 +25,15 @@ HAIR_LIFT = 0.12  # light strands and sheen are also added, so they show on blac
 
 def shade(cv: Canvas, a: dict, lay: Layout) -> None:
     """Replace the canvas picture by its lit version."""
-    S = cv.S
-    G = min(GRID, S)
-    regions = np.asarray(cv.regions)
-    coarse = np.asarray(cv.regions.resize((G, G), Image.NEAREST))
-    masks = [(coarse == r).astype(np.float32) for r in range(REGIONS)]
+    S, G = cv.S, min(GRID, cv.S)
     g = (np.arange(G, dtype=np.float32) + 0.5) / G
     wx, wy = np.meshgrid(g, g)
     hx, hy = _to_head(cv, wx, wy)
     light = np.array([a["light_x"], -0.55, 0.75])
     light /= np.linalg.norm(light)
+    fields = _fields(np.asarray(cv.regions.resize((G, G), Image.NEAREST)), wx, wy, hx, hy, lay, a, light)
 
-    fields = np.ones((REGIONS, G, G), np.float32)
-    fields[FACE] = _face_field(masks, hx, hy, lay, a, light, G)
-    fields[SKIN] = _lit(hx, hy, lay.cx, lay.cy + lay.fh * 0.6, lay.fw * 1.3, lay.fh * 1.4, light, a["light"])
-    fields[SKIN] *= _occlusion(masks[SKIN], G) * (1 - 0.45 * _blur(masks[FACE] + masks[HAIR], G, 0.02, dy=0.035))
-    fields[HAIR] = _lit(hx, hy, lay.cx, lay.cy, lay.fw * 1.3, lay.fh * 1.25, light, a["light"])
-    fields[HAIR] *= _occlusion(masks[HAIR], G)
-    fields[CLOTH] = _lit(wx, wy, lay.cx, 1.05, 0.5, 0.45, light, a["light"]) * _occlusion(masks[CLOTH], G, 0.15)
-    person = 1 - masks[BACKGROUND]
-    fields[BACKGROUND] = 1 - 0.22 * _blur(person, G, 0.035, dx=-a["light_x"] * 0.04, dy=0.02)
-
+    regions = np.asarray(cv.regions)
     mult = np.array(_enlarge(fields[BACKGROUND], S))
     for r in (CLOTH, SKIN, FACE, HAIR):
         np.copyto(mult, _enlarge(fields[r], S), where=regions == r)
@@ -57,6 +45,22 @@ def shade(cv: Canvas, a: dict, lay: Layout) -> None:
         _add_blush(img, regions, _enlarge(_blush(hx, hy, lay), S), a)
     np.clip(img, 0, 255, out=img)
     cv.set_image(Image.fromarray(img.astype(np.uint8), "RGB"))
+
+
+def _fields(coarse, wx, wy, hx, hy, lay: Layout, a: dict, light) -> np.ndarray:
+    """(REGIONS, G, G) light multipliers on the coarse grid, one field per material."""
+    G = coarse.shape[0]
+    masks = [(coarse == r).astype(np.float32) for r in range(REGIONS)]
+    fields = np.ones((REGIONS, G, G), np.float32)
+    fields[FACE] = _face_field(masks, hx, hy, lay, a, light, G)
+    fields[SKIN] = _lit(hx, hy, lay.cx, lay.cy + lay.fh * 0.6, lay.fw * 1.3, lay.fh * 1.4, light, a["light"])
+    fields[SKIN] *= _occlusion(masks[SKIN], G) * (1 - 0.45 * _blur(masks[FACE] + masks[HAIR], G, 0.02, dy=0.035))
+    fields[HAIR] = _lit(hx, hy, lay.cx, lay.cy, lay.fw * 1.3, lay.fh * 1.25, light, a["light"])
+    fields[HAIR] *= _occlusion(masks[HAIR], G)
+    fields[CLOTH] = _lit(wx, wy, lay.cx, 1.05, 0.5, 0.45, light, a["light"]) * _occlusion(masks[CLOTH], G, 0.15)
+    person = 1 - masks[BACKGROUND]
+    fields[BACKGROUND] = 1 - 0.22 * _blur(person, G, 0.035, dx=-a["light_x"] * 0.04, dy=0.02)  # cast on the wall
+    return fields
 
 
 def _add_blush(img, regions, weight, a) -> None:
