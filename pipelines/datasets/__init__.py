@@ -18,14 +18,14 @@ from .cifar10 import CIFAR10_CLASSES, build_cifar10, download_cifar10, read_cifa
 from .config import DATASET_NAMES, DataConfig, DataError
 from .fashion_mnist import FASHION_MNIST_CLASSES, FASHION_MNIST_DEFAULT_ROOT, build_fashion_mnist, read_idx
 from .faces import FACE_CLASS_NAMES, RENDERER_VERSION, face_attributes, render_face
-from .folder import (IMAGE_EXTENSIONS, ImageFolderDataset, build_folder, list_image_files, load_image_rgb,
-                     resize_center_crop)
+from .folder import (IMAGE_EXTENSIONS, ImageFolderDataset, build_folder, folder_class_names, list_image_files,
+                     load_image_rgb, resize_center_crop)
 from .synthetic import VAL_INDEX_OFFSET, SyntheticFaces
 
 __all__ = [
     "DATASET_NAMES", "DataConfig", "DataError", "build_datasets", "SyntheticFaces", "ArrayImageDataset",
     "ImageFolderDataset", "PreparedArrays", "render_face", "face_attributes", "read_idx", "read_cifar10_bin",
-    "download_cifar10", "list_image_files", "load_image_rgb", "resize_center_crop", "to_tensor", "label_tensor",
+    "download_cifar10", "folder_class_names", "list_image_files", "load_image_rgb", "resize_center_crop", "to_tensor", "label_tensor",
     "FACE_CLASS_NAMES", "RENDERER_VERSION", "VAL_INDEX_OFFSET", "FASHION_MNIST_CLASSES",
     "FASHION_MNIST_DEFAULT_ROOT", "CIFAR10_CLASSES", "IMAGE_EXTENSIONS",
 ]

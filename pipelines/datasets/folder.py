@@ -155,16 +155,19 @@ def _split_value(seed: int, rel: str) -> float:
     return int.from_bytes(h[:8], "big") / 2.0**64
 
 
+def folder_class_names(root: Path, files: list[Path]) -> list[str]:
+    """Class names of an image folder: its immediate subfolders when every image is in one, else none."""
+    rels = [f.relative_to(root).as_posix() for f in files]
+    return sorted({r.split("/", 1)[0] for r in rels}) if all("/" in r for r in rels) else []
+
+
 def build_folder(cfg):
     root = Path(cfg.root)
     files = list_image_files(root)
     rels = [f.relative_to(root).as_posix() for f in files]
-    if all("/" in r for r in rels):
-        class_names = sorted({r.split("/", 1)[0] for r in rels})
-        cls = {c: k for k, c in enumerate(class_names)}
-        labels = [cls[r.split("/", 1)[0]] for r in rels]
-    else:
-        class_names, labels = [], [-1] * len(files)
+    class_names = folder_class_names(root, files)
+    cls = {c: k for k, c in enumerate(class_names)}
+    labels = [cls[r.split("/", 1)[0]] for r in rels] if class_names else [-1] * len(files)
     # reproducible split: hash of (seed, relative path); stable when files are added or removed
     u = [_split_value(cfg.seed, r) for r in rels]
     is_val = [x < cfg.val_fraction for x in u]
