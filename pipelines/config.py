@@ -151,13 +151,17 @@ class PipelineConfig:
         out = {}
         for name in sections:
             later = ADDED_LATER.get(name, {})
-            unhashed = UNHASHED_TRAIN_OPTIONS if name in TRAIN_SECTIONS else ()
+            unhashed = UNHASHED_TRAIN_OPTIONS if name in TRAIN_SECTIONS else UNHASHED_OPTIONS.get(name, ())
             out[name] = {k: v for k, v in d[name].items() if not (k in later and later[k] == v) and k not in unhashed}
+            extra = getattr(getattr(self, name), "hash_extra", None)  # what identifies the data beyond its options
+            if extra is not None:
+                out[name] |= extra()
         return out
 
 
 # section -> {option: default} of options added after the first release (see PipelineConfig.hash_dict)
 ADDED_LATER: dict[str, dict[str, Any]] = {
+    "data": {"cache": True, "cache_dir": "", "workers": 0},
     "vqvae": {"quantizer": "ema"},
     "sample": {"format": "npz"},
     "eval": {"reference_stats": ""},
@@ -168,6 +172,8 @@ ADDED_LATER: dict[str, dict[str, Any]] = {
 # never what it trains
 UNHASHED_TRAIN_OPTIONS = ("val_every", "image_every", "log_with", "activation_checkpointing")
 TRAIN_SECTIONS = ("train_vqvae", "train_prior", "train_classifier")
+# options of other sections that change where or how fast data is made, never what it is
+UNHASHED_OPTIONS = {"data": ("cache", "cache_dir", "workers")}
 
 
 SECTIONS = {f.name: f for f in dataclasses.fields(PipelineConfig)}

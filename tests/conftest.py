@@ -1,9 +1,23 @@
+import os
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _prepared_data_cache(tmp_path_factory):
+    """Prepared data (rendered faces) goes to a temporary directory, never to the user's cache."""
+    old = os.environ.get("VQVAE2_CACHE")
+    os.environ["VQVAE2_CACHE"] = str(tmp_path_factory.mktemp("vqvae2-cache"))
+    yield
+    if old is None:
+        os.environ.pop("VQVAE2_CACHE", None)
+    else:
+        os.environ["VQVAE2_CACHE"] = old
 
 
 def make_image_folder(root, n_per_class=8, size=16, classes=("cats", "dogs"), seed=0):

@@ -1,6 +1,9 @@
+import copy
 import gzip
+import json
 import os
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,10 +15,13 @@ from pipelines.data import (
     DataConfig,
     DataError,
     ImageFolderDataset,
+    PreparedArrays,
     SyntheticFaces,
     build_datasets,
+    face_attributes,
     render_face,
 )
+from pipelines.datasets import synthetic
 
 
 # ----------------------------------------------------------------------------- synthetic faces
@@ -48,6 +54,133 @@ def test_faces_classes_all_occur():
     _, labels = ds.materialize()
     assert ds.num_classes >= 4
     assert set(labels.tolist()) == set(range(ds.num_classes))
+
+
+@pytest.mark.parametrize("size", [8, 17, 32, 128])
+def test_face_has_the_size_asked_for(size):
+    img = render_face(5, 2, size)
+    assert img.shape == (size, size, 3) and img.dtype == np.uint8
+    assert np.array_equal(img, render_face(5, 2, size))
+
+
+def test_face_is_the_same_face_at_every_size():
+    def at_32(img):
+        return np.asarray(Image.fromarray(img).resize((32, 32), Image.LANCZOS), np.float64)
+
+    small = render_face(0, 3, 32).astype(np.float64)
+    assert np.abs(at_32(render_face(0, 3, 128)) - small).mean() < 6  # measured: about 1.5 (of 255)
+    assert np.abs(at_32(render_face(0, 4, 128)) - small).mean() > 25  # another face: about 70
+
+
+def _refuse_to_render(*args):
+    raise RuntimeError("rendered although the cache holds these images")
+
+
+def test_faces_cache_holds_the_rendered_faces_and_is_keyed_by_rendering_parameters(tmp_path, monkeypatch):
+    ds = SyntheticFaces(5, 16, seed=2, cache_dir=tmp_path)
+    for i in range(5):
+        assert np.array_equal(ds.image_uint8(i), render_face(2, i, 16))
+        assert int(ds[i][1]) == face_attributes(2, i)["label"]
+    assert not ds.image_uint8(0).flags.writeable  # read-only, memory-mapped
+    monkeypatch.setattr(synthetic, "render_labelled", _refuse_to_render)
+    again = SyntheticFaces(5, 16, seed=2, cache_dir=tmp_path)
+    assert torch.equal(again[4][0], ds[4][0]) and again.cache.path == ds.cache.path
+    clone = copy.deepcopy(again)  # as for spawned DataLoader workers: the cache is reopened, not copied
+    assert isinstance(clone._images, np.memmap) and torch.equal(clone[4][0], ds[4][0])
+    for changed in (dict(size=24), dict(seed=3), dict(split="val"), dict(n=6)):
+        with pytest.raises(RuntimeError, match="rendered"):
+            SyntheticFaces(**{**dict(n=5, size=16, seed=2, cache_dir=tmp_path), **changed})
+    monkeypatch.setattr(synthetic, "RENDERER_VERSION", 1000)  # the renderer changed
+    with pytest.raises(RuntimeError, match="rendered"):
+        SyntheticFaces(5, 16, seed=2, cache_dir=tmp_path)
+
+
+def test_faces_rendered_by_worker_processes_equal_faces_rendered_in_process(tmp_path):
+    n = synthetic.CHUNK + 6  # two chunks: two worker processes
+    pooled = SyntheticFaces(n, 8, seed=1, split="val", cache_dir=tmp_path, workers=2)
+    images, labels = SyntheticFaces(n, 8, seed=1, split="val").materialize()
+    assert np.array_equal(pooled.materialize()[0], images) and np.array_equal(pooled.materialize()[1], labels)
+
+
+def test_data_cache_options(tmp_path):
+    assert DataConfig().cache_root() == Path(os.environ["VQVAE2_CACHE"])  # tests point it at a temporary directory
+    assert DataConfig(cache_dir=str(tmp_path)).cache_root() == tmp_path and DataConfig(cache=False).cache_root() is None
+    train, _ = build_datasets(DataConfig(size=8, n_train=3, n_val=2, cache_dir=str(tmp_path)))
+    assert train.cache.path.parent == tmp_path
+    lazy, _ = build_datasets(DataConfig(size=8, n_train=3, n_val=2, cache=False))
+    assert lazy.cache is None and torch.equal(lazy[2][0], train[2][0])
+
+
+# ----------------------------------------------------------------------------- prepared-array cache
+
+
+def _fill(value, calls):
+    def fill(images, path):
+        calls.append(path)
+        images[:] = value
+        return np.arange(len(images))
+    return fill
+
+
+def test_prepared_arrays_built_once_per_key(tmp_path):
+    key = {"dataset": "x", "size": 4}
+    calls = []
+    images, labels = PreparedArrays(tmp_path, "x", key).get((3, 4, 4, 3), _fill(7, calls))
+    assert images.shape == (3, 4, 4, 3) and images.dtype == np.uint8 and (images == 7).all()
+    assert not images.flags.writeable and labels.tolist() == [0, 1, 2]
+    same, _ = PreparedArrays(tmp_path, "x", dict(reversed(key.items()))).get((3, 4, 4, 3), _fill(9, calls))
+    assert len(calls) == 1 and (same == 7).all()
+    other = PreparedArrays(tmp_path, "x", {**key, "size": 5})
+    assert (other.get((3, 4, 4, 3), _fill(9, calls))[0] == 9).all() and len(calls) == 2
+    meta = json.loads((other.path / "meta.json").read_text())
+    assert meta == {"key": {"dataset": "x", "size": 5}, "shape": [3, 4, 4, 3]}
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == sorted(
+        [other.path.name, PreparedArrays(tmp_path, "x", key).path.name])
+
+
+@pytest.mark.reliability
+def test_prepared_arrays_interrupted_build(tmp_path):
+    """Cache build interrupted half-way, or left behind by a killed process -> nothing is read from it; the next build redoes it and removes the leftovers"""
+    cache = PreparedArrays(tmp_path, "x", {"n": 2})
+
+    def interrupted(images, path):
+        images[0] = 1
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        cache.get((2, 2, 2, 1), interrupted)
+    assert cache.load() is None and not [p for p in tmp_path.iterdir() if not p.name.endswith(".lock")]
+    leftover = tmp_path / f".{cache.path.name}.tmp-killed"
+    leftover.mkdir()
+    (leftover / "images.npy").write_bytes(b"half")
+    images, _ = cache.get((2, 2, 2, 1), _fill(3, []))
+    assert (images == 3).all() and not leftover.exists()
+
+
+@pytest.mark.reliability
+def test_prepared_arrays_damaged(tmp_path):
+    """Cache directory with a truncated images.npy, or a meta.json of another key -> error naming the directory"""
+    cache = PreparedArrays(tmp_path, "x", {"n": 4})
+    cache.get((4, 8, 8, 3), _fill(5, []))
+    meta = cache.path / "meta.json"
+    meta.write_text(json.dumps({"key": {"n": 5}, "shape": [4, 8, 8, 3]}))
+    with pytest.raises(DataError, match=str(cache.path)):
+        cache.load()
+    images = cache.path / "images.npy"
+    images.write_bytes(images.read_bytes()[:300])
+    with pytest.raises(DataError, match="delete that directory") as e:
+        PreparedArrays(tmp_path, "x", {"n": 4}).get((4, 8, 8, 3), _fill(5, []))
+    assert str(cache.path) in str(e.value)
+
+
+@pytest.mark.reliability
+def test_prepared_arrays_root_not_a_directory(tmp_path):
+    """data.cache_dir naming a file, not a directory -> error naming it and the options to change"""
+    root = tmp_path / "not-a-dir"
+    root.write_text("x")
+    with pytest.raises(DataError, match="data.cache_dir") as e:
+        build_datasets(DataConfig(size=8, n_train=2, n_val=2, cache_dir=str(root)))
+    assert str(root) in str(e.value)
 
 
 # ----------------------------------------------------------------------------- fashion-mnist
@@ -273,6 +406,9 @@ def test_cifar10_pickle_version_is_refused_and_never_unpickled(tmp_path):
         (dict(name="cifar10"), "data.root is required"),
         (dict(skip_bad_files="yes"), "data.skip_bad_files"),
         (dict(download=1), "data.download"),
+        (dict(cache="no"), "data.cache must be true or false"),
+        (dict(cache_dir=3), "data.cache_dir must be a path string"),
+        (dict(workers=-1), "data.workers must be between 0"),
     ],
 )
 @pytest.mark.reliability

@@ -62,10 +62,23 @@ def test_codebook_loss_vqvae_trains_and_resumes_exactly(tmp_path, tiny_overrides
 
 
 def test_stage_hashes_survive_options_added_later():
-    # hashes of the demo preset recorded before vqvae.quantizer and the other later options existed:
-    # a run finished then must not be retrained after an upgrade
+    # hashes of the fashion32 preset recorded at cb86e79, before vqvae.quantizer, data.cache, data.cache_dir,
+    # data.workers and the other later options existed: a run finished then must not be retrained after an upgrade
     from pipelines import stage3
     from pipelines.stage1 import stage_hash
+    cfg = resolve_config("fashion32")
+    assert stage_hash(cfg) == "9073958a6b4a4db6" and stage3.classifier_hash(cfg) == "f50a9b053a9bac40"
+    assert stage_hash(resolve_config("fashion32", ["vqvae.quantizer='codebook_loss'"])) != "9073958a6b4a4db6"
+
+
+def test_stage_hashes_follow_the_face_renderer(monkeypatch):
+    # the demo trains on rendered faces: another renderer is other data. At cb86e79 (renderer 1) the demo's
+    # hashes were b7bc46af57ea30d9 (stage 1) and b5f8c057fe66eea7 (classifier); a run made then is not current
+    from pipelines import stage3
+    from pipelines.datasets import faces
+    from pipelines.stage1 import stage_hash
     cfg = resolve_config("demo")
-    assert stage_hash(cfg) == "b7bc46af57ea30d9" and stage3.classifier_hash(cfg) == "b5f8c057fe66eea7"
-    assert stage_hash(resolve_config("demo", ["vqvae.quantizer='codebook_loss'"])) != "b7bc46af57ea30d9"
+    assert faces.RENDERER_VERSION == 2
+    assert stage_hash(cfg) == "9b23eb6ae81aff44" and stage3.classifier_hash(cfg) == "eba18edcbd540421"
+    monkeypatch.setattr(faces, "RENDERER_VERSION", 3)
+    assert stage_hash(cfg) != "9b23eb6ae81aff44" and stage3.classifier_hash(cfg) != "eba18edcbd540421"
