@@ -43,6 +43,8 @@ class TrainConfig:
     # recompute activations in the backward pass instead of keeping them (less memory, ~1/3 more compute);
     # VQ-VAE and priors; the same gradients, so it never enters a stage hash and may change on resume
     activation_checkpointing: bool = False
+    # convolution weights and image batches in channels-last layout (faster convolutions on CPU and GPU)
+    channels_last: bool = True
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "log_every", "save_every"):
@@ -161,6 +163,7 @@ class PipelineConfig:
 
 # section -> {option: default} of options added after the first release (see PipelineConfig.hash_dict)
 ADDED_LATER: dict[str, dict[str, Any]] = {
+    **{section: {"channels_last": True} for section in ("train_vqvae", "train_prior", "train_classifier")},
     "data": {"cache": True, "cache_dir": "", "workers": 0},
     "vqvae": {"quantizer": "ema"},
     "sample": {"format": "npz"},

@@ -35,10 +35,11 @@ def nearest_code(x: torch.Tensor, codebook: torch.Tensor, chunk_size: int = 1638
     term does not change the argmin). One matmul per chunk of rows keeps memory at chunk x K."""
     e = codebook.float()
     e_sq = (e * e).sum(1)  # (K,)
+    e_t = (-2.0 * e).t()  # (D, K): -2 x.e as one plain matmul (addmm would first copy e_sq into every row)
     out = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
     for start in range(0, x.shape[0], chunk_size):
         rows = x[start:start + chunk_size].float()
-        out[start:start + chunk_size] = torch.addmm(e_sq, rows, e.t(), alpha=-2.0).argmin(1)
+        out[start:start + chunk_size] = (rows @ e_t).add_(e_sq).argmin(1)
     return out
 
 

@@ -27,6 +27,17 @@ def label_tensor(y: int) -> torch.Tensor:
     return torch.tensor(int(y), dtype=torch.int64)
 
 
+def batch_items(images: np.ndarray, labels: np.ndarray, size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The items of a batch from uint8 (B, H, W[, C]) images in one conversion (what DataLoader's
+    `__getitems__` asks for): the same values as to_tensor item by item, without a Python loop per pixel op."""
+    t = torch.from_numpy(np.ascontiguousarray(images))
+    t = t.unsqueeze(1) if t.ndim == 3 else t.permute(0, 3, 1, 2)
+    t = t.float().div_(127.5).sub_(1.0)
+    if t.shape[-1] != size or t.shape[-2] != size:
+        t = F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False).clamp_(-1, 1)
+    return list(zip(t.unbind(0), torch.from_numpy(np.asarray(labels, dtype=np.int64)).unbind(0)))
+
+
 class ArrayImageDataset(Dataset):
     """uint8 images in memory: (N, H, W) greyscale or (N, H, W, 3) RGB, with int labels."""
 
@@ -46,6 +57,10 @@ class ArrayImageDataset(Dataset):
 
     def __getitem__(self, i):
         return to_tensor(self.images[i], self.size), label_tensor(self.labels[i])
+
+    def __getitems__(self, indices: list[int]):
+        idx = np.asarray(indices, dtype=np.int64)
+        return batch_items(self.images[idx], self.labels[idx], self.size)
 
     def __repr__(self):
         return f"ArrayImageDataset({self.name!r}, n={len(self)}, size={self.size}, channels={self.channels})"

@@ -12,7 +12,7 @@ import numpy as np
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from .arrays import label_tensor, to_tensor
+from .arrays import batch_items, label_tensor, to_tensor
 from .cache import PreparedArrays
 from .faces import FACE_CLASS_NAMES, RENDERER_VERSION, render_labelled, supersample_for
 
@@ -80,6 +80,12 @@ class SyntheticFaces(Dataset):
             raise IndexError(f"index {i} out of range for {self.n} images")
         self._ensure(i)
         return to_tensor(self._images[i], self.size), label_tensor(self._labels[i])
+
+    def __getitems__(self, indices: list[int]):
+        if self.cache is None:
+            return [self[i] for i in indices]
+        idx = np.asarray(indices, dtype=np.int64)
+        return batch_items(self._images[idx], self._labels[idx], self.size)
 
     def __getstate__(self):  # for DataLoader workers that are spawned: reopen the cache, never copy it
         state = self.__dict__.copy()
