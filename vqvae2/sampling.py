@@ -28,13 +28,17 @@ def _uniforms(n: int, height: int, width: int, generator: torch.Generator | None
 
 def _pick(logits: torch.Tensor, u: torch.Tensor, temperature: float, top_k: int | None) -> torch.Tensor:
     """(B, K) logits, (B,) uniforms in [0, 1) -> (B,) int64 codes by inverse CDF; no host sync."""
-    logits = logits.float() / temperature
+    logits = logits.float()
+    if temperature != 1.0:
+        logits = logits / temperature
     if top_k is not None:
         kth = logits.topk(top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     cdf = logits.softmax(dim=-1).cumsum(dim=-1)
-    # first code whose cdf exceeds u * total; filtered codes have zero mass so are never chosen
-    return (cdf <= u[:, None] * cdf[:, -1:]).sum(dim=-1).clamp_(max=logits.shape[-1] - 1)
+    # first code whose cdf exceeds u * total (the number of cdf entries <= it); codes filtered out have
+    # zero mass so are never chosen
+    idx = torch.searchsorted(cdf, u[:, None] * cdf[:, -1:], right=True)[:, 0]
+    return idx.clamp_(max=logits.shape[-1] - 1)
 
 
 def _check_args(prior: PixelSNAIL, n: int, temperature: float, top_k: int | None) -> None:
@@ -117,31 +121,41 @@ class _CachedPixelSNAIL:
     not depend on the current row (v -> h projection, conditioning, class embedding, biases).
     Per position: the h stream of every unit from a window of the last columns (one matmul on the
     gathered window), attention with a key/value cache (one query), the output head.
+    Everything is a matmul on channel-last rows: a convolution call on a tiny row costs ~20x its
+    arithmetic in overhead on CPU.
     """
 
     def __init__(self, prior: PixelSNAIL, n: int, cond_feat: torch.Tensor | None, labels: torch.Tensor | None):
         cfg = prior.config
         self.prior, self.n = prior, n
-        self.c, self.p = cfg.channels, cfg.kernel_size // 2
+        self.c, self.p, self.k = cfg.channels, cfg.kernel_size // 2, cfg.kernel_size
         self.height, self.width = cfg.height, cfg.width
         c, p, w = self.c, self.p, cfg.width
         weight = prior.embed.weight
         dev, dt = weight.device, weight.dtype
         self.embed = weight
 
-        def mat(conv):  # (Cout, Cin, 1, kw) conv weight -> (kw * Cin, Cout) matrix over a (kw, Cin) window
-            return rearrange(conv.weight, "o i 1 k -> (k i) o").contiguous()
+        def mat(conv):  # (Cout, Cin, kh, kw) conv weight -> (kh * kw * Cin, Cout) matrix over a (kh, kw, Cin) window
+            return rearrange(conv.weight, "o i kh kw -> (kh kw i) o").contiguous()
 
-        self.stem_h = mat(prior.stem_h)
+        self.stem_v, self.stem_v_b = mat(prior.stem_v), prior.stem_v.bias
+        self.stem_h, self.stem_h_b = mat(prior.stem_h), prior.stem_h.bias
         self.units = prior.units
+        self.v_conv = [mat(u.v_conv) for u in self.units]
+        self.v_out = [mat(u.v_out) for u in self.units]
+        self.h_from_v = [mat(u.h_from_v) for u in self.units]
+        self.cond_proj = [mat(u.cond_proj) if u.cond_proj is not None else None for u in self.units]
         self.h_conv = [mat(u.h_conv) for u in self.units]
-        self.h_out = [u.h_out.weight[:, :, 0, 0].t().contiguous() for u in self.units]
-        # biases of every unit that are fixed for the whole batch: (B, 4C, 1, 1) class embedding
-        self.fixed = [u.class_emb(labels)[:, :, None, None] if u.class_emb is not None else None for u in self.units]
-        self.cond_feat = cond_feat
-        # windows: embedded rows above (stem), silu(v) of the last p+1 rows per unit, both channel-first
-        self.x_rows = torch.zeros(n, c, p, w + 2 * p, device=dev, dtype=dt)
-        self.v_rows = [torch.zeros(n, c, p + 1, w + 2 * p, device=dev, dtype=dt) for _ in self.units]
+        self.h_out = [mat(u.h_out) for u in self.units]
+        # biases of every unit that are fixed for the whole batch: (B, 4C) class embedding, repeated per column
+        self.fixed = [u.class_emb(labels).repeat(w, 1) if u.class_emb is not None else None for u in self.units]
+        self.cond_rows = None if cond_feat is None else rearrange(cond_feat, "b c h w -> h (w b) c").contiguous()
+        # windows, channel-last with p zero columns each side: embedded rows above (stem), silu(v) of the
+        # last p+1 rows per unit
+        # (rows are written in place: row r of the image is row r + p of a buffer; p zero rows on top)
+        h_all = cfg.height + p
+        self.x_rows = torch.zeros(h_all, w + 2 * p, n, c, device=dev, dtype=dt)
+        self.v_rows = [torch.zeros(h_all, w + 2 * p, n, c, device=dev, dtype=dt) for _ in self.units]
         # current row, channel-last with p zero columns on the left: embedded codes, silu(h) per unit
         self.x_cur = torch.zeros(n, w + p, c, device=dev, dtype=dt)
         self.h_cur = [torch.zeros(n, w + p, c, device=dev, dtype=dt) for _ in self.units]
@@ -163,32 +177,32 @@ class _CachedPixelSNAIL:
         self.head_w = prior.head.weight[:, :, 0, 0].t().contiguous()
         self.head_b = prior.head.bias
 
+    def _windows(self, rows: torch.Tensor) -> torch.Tensor:
+        """(R, W + 2p, B, C) rows -> (W * B, R * k * C): the k-column window of every column, for a matmul."""
+        return rearrange(rows.unfold(1, self.k, 1), "r w b c k -> (w b) (r k c)")
+
     def start_row(self, r: int) -> None:
         """Compute the v stream of row r for every unit and the h-stream biases of row r."""
-        c, p, w = self.c, self.p, self.width
-        if r > 0:  # push the finished row r-1 into the stem window
-            self.x_rows[:, :, :-1] = self.x_rows[:, :, 1:].clone()
-            self.x_rows[:, :, -1, p:p + w] = rearrange(self.x_cur[:, p:], "b w c -> b c w")
-        stem = self.prior.stem_v
-        v = F.conv2d(self.x_rows, stem.weight, stem.bias)  # (B, C, 1, W)
-        self.h_bias0 = rearrange(v[:, :, 0] + self.prior.stem_h.bias[:, None], "b c w -> w b c").contiguous()
-        cond_row = None if self.cond_feat is None else self.cond_feat[:, :, r:r + 1]
+        n, c, p, w = self.n, self.c, self.p, self.width
+        if r > 0:  # the finished row r-1
+            self.x_rows[p + r - 1, p:p + w] = rearrange(self.x_cur[:, p:], "b w c -> w b c")
+        v = torch.addmm(self.stem_v_b, self._windows(self.x_rows[r:r + p]), self.stem_v)  # rows r-p..r-1: (W * B, C)
+        self.h_bias0 = (v + self.stem_h_b).view(w, n, c)
         self.h_bias1, self.h_bias2 = [], []
         for i, unit in enumerate(self.units):
             buf = self.v_rows[i]
-            buf[:, :, :-1] = buf[:, :, 1:].clone()
-            buf[:, :, -1, p:p + w] = F.silu(v[:, :, 0])
-            extra = unit.cond_proj(cond_row) if unit.cond_proj is not None else None  # (B, 4C, 1, W)
+            buf[p + r, p:p + w] = F.silu(v).view(w, n, c)
+            a = F.silu(torch.addmm(unit.v_conv.bias, self._windows(buf[r:r + p + 1]), self.v_conv[i]))
+            b = torch.addmm(unit.v_out.bias, a, self.v_out[i])  # (W * B, 2C)
+            extra = None if self.cond_proj[i] is None else self.cond_rows[r] @ self.cond_proj[i]  # (W * B, 4C)
             if self.fixed[i] is not None:
                 extra = self.fixed[i] if extra is None else extra + self.fixed[i]
             ev, eh = (None, None) if extra is None else extra.chunk(2, dim=1)
-            b = unit.v_out(F.silu(F.conv2d(buf, unit.v_conv.weight, unit.v_conv.bias)))
             v = v + F.glu(b if ev is None else b + ev, dim=1)
-            b1 = unit.h_from_v(F.silu(v)) + unit.h_conv.bias[:, None, None]
-            self.h_bias1.append(rearrange(b1[:, :, 0], "b c w -> w b c").contiguous())
-            b2 = unit.h_out.bias[None, :, None, None]
-            b2 = (b2 if eh is None else eh + b2).expand(self.n, -1, 1, w)
-            self.h_bias2.append(rearrange(b2[:, :, 0], "b c w -> w b c").contiguous())
+            b1 = torch.addmm(unit.h_conv.bias, F.silu(v), self.h_from_v[i])
+            self.h_bias1.append(b1.view(w, n, c))
+            b2 = unit.h_out.bias if eh is None else eh + unit.h_out.bias
+            self.h_bias2.append(b2.expand(w * n, 2 * c).reshape(w, n, 2 * c))
 
     def step(self, r: int, col: int) -> torch.Tensor:
         """(B, K) logits at (r, col), given the codes at all earlier positions."""
@@ -213,7 +227,9 @@ class _CachedPixelSNAIL:
         qkv = torch.addmm(torch.addmm(at["bg"][pos], x, at["w_h"]), self.x_prev, at["w_x"]).view(n, 3, nh, d)
         at["k"][:, :, pos] = qkv[:, 1]
         at["v"][:, :, pos] = qkv[:, 2]
-        o = F.scaled_dot_product_attention(qkv[:, 0, :, None], at["k"][:, :, :pos + 1], at["v"][:, :, :pos + 1])
+        # one query against the cached keys: plain matmuls (a fused-attention call costs more than its work)
+        scores = (qkv[:, 0, :, None] @ at["k"][:, :, :pos + 1].transpose(-1, -2)) * d ** -0.5  # (B, nh, 1, pos+1)
+        o = scores.softmax(-1) @ at["v"][:, :, :pos + 1]
         return h + torch.addmm(at["b_out"], o.reshape(n, self.c), at["w_out"])
 
     def push(self, col: int, codes: torch.Tensor) -> None:
