@@ -111,6 +111,23 @@ def bench_ffhq256(batch: int, channels: int, size: int, n_units: int, ref_positi
                 prior=dataclasses.asdict(cfg), note="bottom prior without attention, as in the VQ-VAE-2 paper")
 
 
+@torch.no_grad()
+def bench_eval_path(n: int, seed: int) -> dict:
+    """What evaluation pays per image: n class-conditional fashion32 samples at the preset's sample
+    batch size, all levels with the cached sampler, decoded to uint8 (random weights: time only)."""
+    from pipelines.sample import generate, sample_labels
+    from vqvae2.vqvae import VQVAE2
+    cfg = resolve_config("fashion32")
+    torch.manual_seed(seed)
+    vqvae = VQVAE2(cfg.vqvae).eval()
+    priors = [PixelSNAIL(c).eval() for c in preset_priors("fashion32", 10)]
+    labels = sample_labels(n, 10, -1, conditional=True)
+    seconds, (images, _) = _timed(lambda: generate(vqvae, priors, n, labels, seed, cfg.sample.batch_size,
+                                                   progress=False))
+    return dict(eval_images_per_second=n / seconds, n=n, seconds=seconds, batch_size=cfg.sample.batch_size,
+                dtype=str(images.dtype), shape=list(images.shape[1:]))
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, type=Path, help="JSON file to write")
@@ -126,6 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
                     help="torch threads for the reference and the forward (default: torch's choice); "
                          "the cached sampler always runs on one CPU thread")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--eval-n", type=int, default=10000, help="samples of the evaluation-path throughput line")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -133,11 +151,14 @@ def main(argv: list[str] | None = None) -> dict:
         "fashion32": bench_fashion32(args.batch, args.top_channels, args.bottom_channels, args.seed),
         "ffhq256": bench_ffhq256(args.batch, args.ffhq_channels, args.ffhq_size, args.ffhq_units,
                                  args.ref_positions, args.seed),
+        "eval_path": bench_eval_path(args.eval_n, args.seed),
+        "targets": {"fashion32_speedup_min": 20, "fashion32_forward_ratio_max": 2.0, "ffhq256_forward_ratio_max": 1.5},
         "device": "cpu", "threads": torch.get_num_threads(), "torch": torch.__version__,
         "processor": platform.processor() or platform.machine(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
+    print(f"eval path: {result['eval_path']['eval_images_per_second']:.0f} images/s")
     for name in ("fashion32", "ffhq256"):
         r = result[name]
         print(f"{name}: speedup {r['speedup']:.1f}x, forward_ratio {r['forward_ratio']:.2f}, "

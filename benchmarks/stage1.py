@@ -24,7 +24,7 @@ from pipelines.artifacts import RunDir, write_json  # noqa: E402
 from pipelines.config import resolve_config  # noqa: E402
 from pipelines.stage1 import train_vqvae  # noqa: E402
 
-TARGETS = {"mse_max": 0.005, "codes_used_min": 480, "bf16_speedup_min": 1.5}
+TARGETS = {"mse_max": 0.005, "codes_used_min": 480, "bf16_speedup_min": 2.0}  # issue 13 raised 1.5 to 2.0
 
 
 def timed_throughput(overrides: list[str], steps: int, precision: str, root: Path) -> float:

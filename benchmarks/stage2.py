@@ -26,6 +26,23 @@ from pipelines.cli import load_run_config  # noqa: E402
 from pipelines.run import stage_codes, stage_prior, stage_sample  # noqa: E402
 
 MARGINS = {"top": 0.5, "bottom": 1.5}  # required gap below the unigram entropy, bits per code
+TARGETS = {"bf16_speedup_min": 2.0}
+
+
+def timed_prior(run: RunDir, level: str, steps: int, precision: str, overrides: list[str]) -> float:
+    """Codes per second of `steps` training steps of the level's prior (a scratch copy of the run)."""
+    from pipelines.stage2 import train_prior
+    scratch = RunDir(run.root.parent / f"{run.root.name}-speed-{precision}")
+    shutil.rmtree(scratch.root, ignore_errors=True)
+    scratch.root.mkdir(parents=True)
+    shutil.copytree(run.vqvae, scratch.vqvae)
+    shutil.copytree(run.codes, scratch.codes)
+    shutil.copyfile(run.config, scratch.config)
+    cfg = load_run_config(scratch, None, [*overrides, f"train_prior.steps={steps}", f"train_prior.save_every={steps}",
+                                          f"train_prior.mixed_precision='{precision}'", "train_prior.val_batches=1"])
+    metrics = train_prior(cfg, scratch, level)
+    shutil.rmtree(scratch.root, ignore_errors=True)
+    return metrics["codes_per_second"]
 
 
 def unigram_bits(codes: np.ndarray, k: int) -> float:
@@ -40,6 +57,7 @@ def main() -> None:
     ap.add_argument("--run-dir", type=Path, default=Path("bench-out/fashion32"))
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--speed-steps", type=int, default=100)
     ap.add_argument("--grid", type=Path, default=None, help="also copy the sample grid here (e.g. docs/...png)")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     args = ap.parse_args()
@@ -73,6 +91,17 @@ def main() -> None:
         result["passed"][level] = uni - m["nll_bits"] >= MARGINS.get(level, 0.0)
         result["passed"][f"{level}_within_15_min"] = seconds <= 15 * 60
         print(json.dumps({level: {k: result[k][level] for k in ("nll_bits", "unigram_bits", "accuracy", "train_seconds")}}))
+    # speed: 100 steps of each prior in fp32 and in bf16, fresh copies of the prior stage, same codes
+    result["speed_steps"] = args.speed_steps
+    result["codes_per_second_fp32"], result["codes_per_second_bf16"], result["bf16_speedup"] = {}, {}, {}
+    for level in meta["levels"]:
+        speed = {}
+        for precision in ("no", "bf16"):
+            speed[precision] = timed_prior(run, level, args.speed_steps, precision, overrides)
+        result["codes_per_second_fp32"][level] = speed["no"]
+        result["codes_per_second_bf16"][level] = speed["bf16"]
+        result["bf16_speedup"][level] = speed["bf16"] / speed["no"]
+        result["passed"][f"{level}_bf16_speedup"] = result["bf16_speedup"][level] >= TARGETS["bf16_speedup_min"]
     stage_sample(cfg, run)
     if args.grid:
         args.grid.parent.mkdir(parents=True, exist_ok=True)

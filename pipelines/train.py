@@ -88,7 +88,7 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
 class TrainResult:
     model: torch.nn.Module  # unwrapped; the Polyak average when ema_decay > 0
     steps: int
-    items_per_second: float
+    items_per_second: float  # after the first step of this run (which holds one-off set-up work)
     last_logs: dict
     rank_hashes: list[str] | None = None  # under several processes: a hash of every rank's weights and buffers
 
@@ -173,7 +173,7 @@ def train(
 
     bar = tqdm(total=cfg.steps, initial=step, desc=desc, disable=not acc.is_local_main_process, dynamic_ncols=True)
     logs: dict = {}
-    seen, t0 = 0, time.perf_counter()
+    seen, t0, timed_from_step = 0, time.perf_counter(), 0
     micro = 0
     model.train()
     with _StopSignal() as stop:
@@ -200,6 +200,8 @@ def train(
             if micro % cfg.grad_accum:
                 continue
             step += 1
+            if not timed_from_step:  # throughput counts from the end of the first step: it holds the
+                timed_from_step, seen, t0 = step, 0, time.perf_counter()  # codebook init and kernel set-up
             if ema is not None:
                 with torch.no_grad():
                     for pe, p in zip(ema.parameters(), acc.unwrap_model(model).parameters()):
