@@ -165,7 +165,7 @@ class PipelineConfig:
 ADDED_LATER: dict[str, dict[str, Any]] = {
     **{section: {"channels_last": True} for section in ("train_vqvae", "train_prior", "train_classifier")},
     "data": {"cache": True, "cache_dir": "", "workers": 0},
-    "vqvae": {"quantizer": "ema"},
+    "vqvae": {"quantizer": "ema", "level_dropout": 0.0},
     "sample": {"format": "npz"},
     "eval": {"reference_stats": ""},
 }

@@ -94,6 +94,7 @@ class VQVAEConfig:
     dead_code_threshold: float = 1.0  # EMA count below which a code is restarted
     init: str = "kmeans"  # data-dependent codebook init: "kmeans", "sample" or "none"
     quantizer: str = "ema"  # "ema" (VQ-VAE-2) or "codebook_loss" (VQ-VAE 2017: codebook trained by gradient)
+    level_dropout: float = 0.0  # training: probability that a lower level's own features are dropped for a sample
 
     def __post_init__(self) -> None:
         self.strides = [int(s) for s in self.strides]
@@ -114,6 +115,7 @@ class VQVAEConfig:
         _check(self.beta >= 0, f"vqvae.beta must be >= 0, got {self.beta}")
         _check(self.init in ("kmeans", "sample", "none"),
                f"vqvae.init must be 'kmeans', 'sample' or 'none', got {self.init!r}")
+        _check(0.0 <= self.level_dropout < 1.0, f"vqvae.level_dropout must be in [0, 1), got {self.level_dropout}")
         _check(self.quantizer in ("ema", "codebook_loss"),
                f"vqvae.quantizer must be 'ema' or 'codebook_loss', got {self.quantizer!r}")
 
