@@ -95,3 +95,25 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients(quantizer):
     # the quantizers ran once per forward in both: their EMA state is the same
     for qa, qb in zip(plain.quantizers, saver.quantizers):
         assert torch.equal(qa.ema_count, qb.ema_count)
+
+
+def test_level_dropout_hides_lower_codes_from_the_decoder_in_training_only():
+    import copy
+    torch.manual_seed(0)
+    cfg = VQVAEConfig(in_channels=3, image_size=16, channels=16, res_channels=8, n_res_blocks=1, embed_dim=8,
+                      codebook_size=16, strides=[2, 2], init="sample", dead_code_threshold=0.0)
+    plain = VQVAE2(cfg)
+    dropping = copy.deepcopy(plain)
+    dropping.config = VQVAEConfig(**{**cfg.__dict__, "level_dropout": 0.9})
+    x = torch.rand(8, 3, 16, 16) * 2 - 1
+    torch.manual_seed(1)
+    a = plain.train()(x)
+    torch.manual_seed(1)
+    b = dropping.train()(x)
+    # the quantizers saw the same features (same codes); only what reached the decoder changed
+    assert all(torch.equal(ca, cb) for ca, cb in zip(a.codes, b.codes))
+    assert not torch.allclose(a.recon, b.recon)
+    plain.eval(), dropping.eval()
+    assert torch.equal(plain(x).recon, dropping(x).recon)  # off at evaluation
+    with pytest.raises(ValueError, match="level_dropout"):
+        VQVAEConfig(level_dropout=1.0)

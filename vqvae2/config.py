@@ -94,7 +94,7 @@ class VQVAEConfig:
     dead_code_threshold: float = 1.0  # EMA count below which a code is restarted
     init: str = "kmeans"  # data-dependent codebook init: "kmeans", "sample" or "none"
     quantizer: str = "ema"  # "ema" (VQ-VAE-2) or "codebook_loss" (VQ-VAE 2017: codebook trained by gradient)
-    level_dropout: float = 0.0  # training: probability that a lower level's own features are dropped for a sample
+    level_dropout: float = 0.0  # training: probability that a lower level's code vectors are hidden from the decoder
 
     def __post_init__(self) -> None:
         self.strides = [int(s) for s in self.strides]

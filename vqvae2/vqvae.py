@@ -142,15 +142,15 @@ class VQVAE2(nn.Module, PretrainedMixin):
         for i in range(self.config.n_levels):
             cond = self._run(self.updecoders[i], h) if i > 0 else None  # (B, D, h_i, w_i)
             if feats is not None:
-                f = feats[i]
-                if cond is not None and self.training and self.config.level_dropout > 0:
-                    # training only: this level's own features dropped for some samples, so that its code
-                    # must come from the levels above; a hierarchy whose lower levels see everything
-                    # otherwise leaves the top unused (it collapsed to perplexity ~6 on 128-px faces)
-                    keep = torch.rand(f.shape[0], 1, 1, 1, device=f.device) >= self.config.level_dropout
-                    f = f * keep.to(f.dtype)
-                z = f if cond is None else torch.cat([f, cond], 1)
+                z = feats[i] if cond is None else torch.cat([feats[i], cond], 1)
                 q, c, loss, s = self.quantizers[i](self.pre_quant[i](z))
+                if cond is not None and self.training and self.config.level_dropout > 0:
+                    # training only: this level's code vectors are hidden from the decoder for some samples,
+                    # which must then be drawn from the levels above; a hierarchy whose lower levels see
+                    # everything otherwise leaves the top unused (perplexity ~6 on 128-px faces). The
+                    # quantizer itself always sees the real features, so no code serves dropped samples only.
+                    keep = torch.rand(q.shape[0], 1, 1, 1, device=q.device) >= self.config.level_dropout
+                    q = q * keep.to(q.dtype)
                 out_codes.append(c)
                 stats.append(s)
                 latent_loss = latent_loss + loss
