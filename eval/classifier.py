@@ -29,6 +29,7 @@ class ClassifierConfig:
     channels: list[int] = field(default_factory=lambda: [32, 64, 128])
     blocks_per_stage: int = 1
     dropout: float = 0.1
+    stem_stride: int = 1  # 2 or 4: the stem downsamples large images first (cheaper; 128-px faces use 2)
 
     def __post_init__(self) -> None:
         self.channels = [int(c) for c in self.channels]
@@ -38,10 +39,12 @@ class ClassifierConfig:
                f"classifier.channels must be a non-empty list of positive widths, got {self.channels}")
         _check(self.blocks_per_stage >= 1, f"classifier.blocks_per_stage must be >= 1, got {self.blocks_per_stage}")
         _check(0.0 <= self.dropout < 1.0, f"classifier.dropout must be in [0, 1), got {self.dropout}")
-        downsample = 2 ** (len(self.channels) - 1)
+        _check(self.stem_stride in (1, 2, 4), f"classifier.stem_stride must be 1, 2 or 4, got {self.stem_stride}")
+        downsample = 2 ** (len(self.channels) - 1) * self.stem_stride
         _check(self.image_size >= downsample and self.image_size % downsample == 0,
                f"classifier.image_size {self.image_size} must be a multiple of {downsample} "
-               f"(the {len(self.channels)} stages halve the resolution {len(self.channels) - 1} times)")
+               f"(the stem divides it by {self.stem_stride}, then {len(self.channels)} stages halve it "
+               f"{len(self.channels) - 1} times)")
 
 
 # blocks
@@ -74,7 +77,9 @@ class Classifier(nn.Module, PretrainedMixin):
         super().__init__()
         self.config = config
         c0 = config.channels[0]
-        self.stem = nn.Sequential(nn.Conv2d(config.in_channels, c0, 3, padding=1, bias=False),
+        s = config.stem_stride
+        self.stem = nn.Sequential(nn.Conv2d(config.in_channels, c0, 3 if s == 1 else 2 * s, stride=s,
+                                            padding=1 if s == 1 else s // 2, bias=False),
                                   nn.BatchNorm2d(c0), nn.ReLU())
         blocks, in_ch = [], c0
         for i, ch in enumerate(config.channels):

@@ -1,0 +1,138 @@
+"""The faces128 pipeline end to end: 128-px synthetic faces, three levels (8x8, 16x16, 32x32 codes),
+three priors, classifier, rejection sampling, evaluation (issue 11).
+
+    python benchmarks/faces128.py --out bench-out/faces128.json [--run-dir bench-out/faces128]
+        [--grid docs/faces128_samples.png] [--recon-grid docs/faces128_recon.png] [--vary-grid docs/faces128_vary.png]
+
+Runs every stage of `vqvae2 run --preset faces128` in order with the same stage functions, timing
+each; the faces are rendered into a fresh cache inside the run directory, so their time counts.
+`--reuse` reads a finished run directory instead of training (stage_seconds then come from the
+JSON of the run that made it, if there is one). Targets (issue 11): every level uses >= 90% of
+its codebook; recon_psnr >= 26 dB; each prior's validation NLL >= 1 bit below its level's
+unigram entropy (validation codes); FD-domain and precision better at acceptance 0.1 than at 1.0;
+total_seconds <= 5400.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from pipelines.artifacts import RunDir, read_json, write_json  # noqa: E402
+from pipelines.cli import init_processes, load_run_config  # noqa: E402
+from pipelines.data import build_datasets  # noqa: E402
+from pipelines.run import stage_classifier, stage_codes, stage_eval, stage_prior, stage_sample, stage_vqvae  # noqa: E402
+
+TARGETS = {"codes_used_fraction_min": 0.9, "recon_psnr_min": 26.0, "nll_gap_bits_min": 1.0, "total_seconds_max": 5400}
+
+
+def unigram_bits(codes: np.ndarray, k: int) -> float:
+    counts = np.bincount(codes.reshape(-1).astype(np.int64), minlength=k).astype(np.float64)
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log2(p)).sum())
+
+
+def run_pipeline(cfg, run: RunDir) -> dict[str, float]:
+    seconds = {}
+
+    def timed(name, fn, *args):
+        t0 = time.perf_counter()
+        fn(*args)
+        seconds[name] = time.perf_counter() - t0
+        print(f"=== {name}: {seconds[name]:.0f} s", flush=True)
+
+    timed("data", build_datasets, cfg.data)  # renders the faces into the (fresh) cache
+    timed("vqvae", stage_vqvae, cfg, run)
+    timed("codes", stage_codes, cfg, run)
+    for level in cfg.vqvae.levels:
+        timed(f"prior_{level}", stage_prior, cfg, run, level)
+    timed("samples", stage_sample, cfg, run)
+    timed("classifier", stage_classifier, cfg, run)
+    timed("eval", stage_eval, cfg, run)
+    return seconds
+
+
+def vary_grid(cfg, run: RunDir, out: Path) -> dict:
+    """`vqvae2 vary` on a validation face (not seen in training), keeping the top level."""
+    from PIL import Image
+    from pipelines.vary import vary
+    _, val = build_datasets(cfg.data)
+    image = out.with_name(out.stem + "-input.png")
+    x, _ = val[3]
+    Image.fromarray(((x.permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)).save(image)
+    return vary(cfg, run, image, "top", n=6, seed=0, out=out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--run-dir", type=Path, default=Path("bench-out/faces128"))
+    ap.add_argument("--grid", type=Path, help="copy the class-conditional sample grid (128 px) here")
+    ap.add_argument("--recon-grid", type=Path, help="copy the reconstruction grid here")
+    ap.add_argument("--vary-grid", type=Path, help="write a `vary --keep top` grid here")
+    ap.add_argument("--reuse", action="store_true", help="read a finished run instead of training")
+    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    args = ap.parse_args()
+
+    init_processes()
+    run = RunDir(args.run_dir)
+    if args.reuse:
+        cfg = load_run_config(run, None, args.overrides)
+        seconds = (read_json(args.out).get("stage_seconds", {}) if args.out.is_file() else {})
+    else:
+        shutil.rmtree(run.root, ignore_errors=True)
+        cfg = load_run_config(run, "faces128", [f"data.cache_dir='{run.root / 'data-cache'}'", *args.overrides])
+        seconds = run_pipeline(cfg, run)
+
+    vq = read_json(run.vqvae / "metrics.json")
+    meta = read_json(run.codes / "codes.json")
+    report = read_json(run.eval / "report.json")
+    rows = report["rows"]
+    k = meta["codebook_size"]
+    result = {
+        "preset": "faces128", "levels": meta["levels"], "grid_sizes": meta["grid_sizes"], "codebook_size": k,
+        "codes_used": vq["codes_used"], "perplexity": vq["perplexity"], "recon_mse": vq["mse"], "recon_psnr": vq["psnr"],
+        "nll_bits": {}, "unigram_bits": {}, "prior_accuracy": {},
+        "acceptance_rates": [r["acceptance_rate"] for r in rows], "fd_domain": [r["fd"] for r in rows],
+        "precision": [r["precision"] for r in rows], "recall": [r["recall"] for r in rows],
+        "kid": [r["kid_mean"] for r in rows], "reconstruction_fd_domain": report["reconstruction"]["fd"],
+        "n_samples": rows[0]["n_generated"], "n_real": report["provenance"]["n_real"],
+        "classifier_accuracy": read_json(run.classifier / "metrics.json")["accuracy"],
+        "stage_seconds": seconds, "total_seconds": sum(seconds.values()) if seconds else None,
+        "torch": torch.__version__, "threads": torch.get_num_threads(),
+    }
+    for level in meta["levels"]:
+        m = read_json(run.prior(level) / "metrics.json")
+        result["nll_bits"][level] = m["nll_bits"]
+        result["prior_accuracy"][level] = m["accuracy"]
+        result["unigram_bits"][level] = unigram_bits(np.load(run.codes / "val" / f"{level}.npy"), k)
+    i1, i01 = result["acceptance_rates"].index(1.0), result["acceptance_rates"].index(0.1)
+    result["passed"] = {
+        "codes_used": all(c >= TARGETS["codes_used_fraction_min"] * k for c in result["codes_used"]),
+        "recon_psnr": result["recon_psnr"] >= TARGETS["recon_psnr_min"],
+        **{f"nll_gap_{lv}": result["unigram_bits"][lv] - result["nll_bits"][lv] >= TARGETS["nll_gap_bits_min"]
+           for lv in meta["levels"]},
+        "fd_domain_lower_at_0.1": result["fd_domain"][i01] < result["fd_domain"][i1],
+        "precision_higher_at_0.1": result["precision"][i01] > result["precision"][i1],
+        "total_seconds": result["total_seconds"] is not None and result["total_seconds"] <= TARGETS["total_seconds_max"],
+    }
+    result["targets"] = TARGETS
+    for src, dst in ((run.samples / "grid.png", args.grid), (run.vqvae / "recon.png", args.recon_grid)):
+        if dst:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dst)
+    if args.vary_grid:
+        result["vary"] = vary_grid(cfg, run, args.vary_grid)
+    write_json(args.out, result)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
