@@ -102,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the run's classifier's prediction)")
     p.add_argument("--out", type=Path, help="the grid to write (default RUN/vary/<image>-keep-<level>.png)")
 
+    p = sub.add_parser("prepare-data", help="decode an image folder once into the prepared-data cache")
+    p.add_argument("--run-dir", type=Path, help="a run (its configuration)")
+    p.add_argument("--preset", help=f"a preset name ({', '.join(preset_names())}) or a .toml file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
     p = sub.add_parser("fid-stats", help="reference statistics (mu, sigma) of a data split or an image folder")
     p.add_argument("--run-dir", type=Path, help="a run (its config; its classifier for the domain extractor)")
     p.add_argument("--preset", help=f"a preset name ({', '.join(preset_names())}) or a .toml file")
@@ -159,6 +164,8 @@ def _dispatch(args, run: RunDir) -> int:
     overrides = list(args.overrides)
     if args.command == "fid-stats":
         return _fid_stats(args, run, overrides)
+    if args.command == "prepare-data":
+        return _prepare_data(args, run, overrides)
     if args.command == "sample":
         for key, name in (("n", "n"), ("batch_size", "batch_size"), ("temperature", "temperature"),
                           ("top_k", "top_k"), ("class_label", "class_label"), ("seed", "seed"), ("sampler", "sampler"),
@@ -217,15 +224,31 @@ def _extractor_overrides(args) -> list[str]:
     return out
 
 
+def _config_without_run(args, run: RunDir | None, overrides: list[str], command: str) -> PipelineConfig:
+    if run is None and not args.preset:
+        raise ValueError(f"{command} needs --preset (the data and its size) or --run-dir (a run's configuration)")
+    if run is not None:
+        return load_run_config(run, args.preset, overrides, write=False)  # reads the run, changes nothing
+    return resolve_config(args.preset, overrides)
+
+
+def _prepare_data(args, run: RunDir | None, overrides: list[str]) -> int:
+    from .data import build_datasets
+    cfg = _config_without_run(args, run, [*overrides, "data.prepare=true"], "prepare-data")
+    if cfg.data.name != "folder":
+        raise ValueError(f"prepare-data prepares image folders (data.name='folder'); {cfg.data.name!r} needs no "
+                         f"preparation")
+    if not _is_main_process():
+        return 0
+    train, val = build_datasets(cfg.data)
+    print(f"[prepare-data] {len(train)} train + {len(val)} val images of {cfg.data.root} at {cfg.data.size} px "
+          f"-> {train.cache.path}")
+    return 0
+
+
 def _fid_stats(args, run: RunDir | None, overrides: list[str]) -> int:
     from .evaluate import fid_stats
-    overrides = overrides + _extractor_overrides(args)
-    if run is None and not args.preset:
-        raise ValueError("fid-stats needs --preset (the data and its size) or --run-dir (a run's configuration)")
-    if run is not None:
-        cfg = load_run_config(run, args.preset, overrides, write=False)  # reads the run, changes nothing
-    else:
-        cfg = resolve_config(args.preset, overrides)
+    cfg = _config_without_run(args, run, overrides + _extractor_overrides(args), "fid-stats")
     if not _is_main_process():
         return 0
     stats = fid_stats(cfg, run, args.out, split=args.split, folder=args.folder, n=args.n,

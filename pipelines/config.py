@@ -34,7 +34,7 @@ class TrainConfig:
     log_every: int = 50
     save_every: int = 500
     seed: int = 0
-    num_workers: int = 0
+    num_workers: int = 0  # DataLoader worker processes: 0 = chosen per dataset (image folders: min(8, cores)), -1 = none
     val_batches: int = 0  # 0 = the whole validation split
     # watching a run (README, "Watching a run"); none of these changes the trained weights
     val_every: int = 0  # a validation point in metrics.jsonl every N steps; 0 = only the final evaluation
@@ -49,8 +49,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "log_every", "save_every"):
             _check(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("lr", "warmup_steps", "weight_decay", "grad_clip", "num_workers", "val_batches", "val_every",
-                     "image_every"):
+        _check(self.num_workers >= -1, f"num_workers must be >= -1 (-1 = none, 0 = chosen per dataset), got "
+                                       f"{self.num_workers}")
+        for name in ("lr", "warmup_steps", "weight_decay", "grad_clip", "val_batches", "val_every", "image_every"):
             _check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         for name in self.trackers:
             _check(name in TRACKERS, f"log_with names an unknown tracker {name!r}; choose from {', '.join(TRACKERS)}")
@@ -176,7 +177,7 @@ ADDED_LATER: dict[str, dict[str, Any]] = {
 UNHASHED_TRAIN_OPTIONS = ("val_every", "image_every", "log_with", "activation_checkpointing")
 TRAIN_SECTIONS = ("train_vqvae", "train_prior", "train_classifier")
 # options of other sections that change where or how fast data is made, never what it is
-UNHASHED_OPTIONS = {"data": ("cache", "cache_dir", "workers")}
+UNHASHED_OPTIONS = {"data": ("cache", "cache_dir", "workers", "prepare")}
 
 
 SECTIONS = {f.name: f for f in dataclasses.fields(PipelineConfig)}

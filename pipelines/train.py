@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from .artifacts import find_training_state, load_training_state, save_training_state, truncate_jsonl
 from .config import TrainConfig
+from .datasets.prepared import loader_workers
 from .watch import Watcher, tracker_kwargs
 
 
@@ -161,7 +162,9 @@ def train(
     sampler = StepBatchSampler(len(dataset), cfg.batch_size, cfg.seed, step * cfg.grad_accum,
                                cfg.steps * cfg.grad_accum, acc.process_index, acc.num_processes)
     # its own generator: creating the iterator must not draw from the global RNG the state restores
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.num_workers, generator=torch.Generator())
+    workers = loader_workers(dataset, cfg.num_workers)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, generator=torch.Generator(),
+                        persistent_workers=workers > 0, pin_memory=acc.device.type == "cuda")
     count = items_per_batch or (lambda batch: len(batch[0]))
     watch.start(acc, desc, progress)
 

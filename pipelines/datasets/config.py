@@ -31,6 +31,7 @@ class DataConfig:
     cache: bool = True  # keep prepared images (rendered faces) on disk, memory-mapped, and reuse them
     cache_dir: str = ""  # "" = $VQVAE2_CACHE, else ~/.cache/vqvae2
     workers: int = 0  # processes that prepare images; 0 = one per available CPU core
+    prepare: bool = False  # image folders: decode every file once into the cache and train from that
 
     def __post_init__(self):
         if not isinstance(self.name, str) or self.name not in DATASET_NAMES:
@@ -58,7 +59,7 @@ class DataConfig:
         if isinstance(vf, bool) or not isinstance(vf, (int, float)) or not (0.0 < float(vf) < 1.0):
             raise ValueError(f"data.val_fraction must be a number with 0 < data.val_fraction < 1; got {vf!r}")
         self.val_fraction = float(vf)
-        for key in ("skip_bad_files", "download", "cache"):
+        for key in ("skip_bad_files", "download", "cache", "prepare"):
             if not isinstance(getattr(self, key), bool):
                 raise ValueError(f"data.{key} must be true or false; got {getattr(self, key)!r}")
         if isinstance(self.cache_dir, Path):

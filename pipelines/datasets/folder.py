@@ -177,6 +177,17 @@ def build_folder(cfg):
         if all(is_val):
             is_val[max(range(len(u)), key=u.__getitem__)] = False
 
+    if cfg.prepare:  # every file decoded once into a memory-mapped array (pipelines/datasets/prepared.py)
+        from .prepared import PreparedImages, prepare_folder
+        cache_root = cfg.cache_root()
+        if cache_root is None:
+            raise ValueError("data.prepare=true needs the prepared-data cache: set data.cache=true (and "
+                             "data.cache_dir to a directory with room for it)")
+        images, prepared, cache = prepare_folder(cache_root, root, files, labels, cfg.size, cfg.skip_bad_files,
+                                                 cfg.worker_count())
+        return tuple(PreparedImages(cache, images, prepared, [k for k in range(len(files)) if is_val[k] == flag],
+                                    class_names, cfg.size, files, str(root)) for flag in (False, True))
+
     def make(flag):
         idx = [k for k in range(len(files)) if is_val[k] == flag]
         return ImageFolderDataset([files[k] for k in idx], [labels[k] for k in idx], class_names,
