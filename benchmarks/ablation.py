@@ -96,12 +96,28 @@ def main() -> None:
     ap.add_argument("--root", type=Path, default=Path("bench-out/ablation"))
     ap.add_argument("--n-samples", type=int, default=10000)
     ap.add_argument("--only", help="comma-separated variant names (default: all)")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the variants already finished in --out (and their classifier) and run the rest")
     args = ap.parse_args()
 
     init_processes()
     names = args.only.split(",") if args.only else list(VARIANTS)
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        ap.error(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
     results, classifier = {}, None
+    if args.resume and args.out.is_file():
+        results = read_json(args.out).get("variants", {})
+        for name in results:  # the classifier every variant is scored with: trained in the first one
+            if (RunDir(args.root / name).classifier / "metrics.json").is_file():
+                classifier = RunDir(args.root / name).classifier
+                break
+        if results and classifier is None:
+            ap.error(f"--resume: the finished variants' classifier is missing under {args.root}")
     for name in names:
+        if name in results:
+            print(f"=== {name}: finished before the resume", flush=True)
+            continue
         preset, extra = VARIANTS[name]
         print(f"=== {name}: --preset {preset} {' '.join('--set ' + e for e in extra)}", flush=True)
         results[name] = run_variant(name, preset, extra, args.root, args.n_samples, classifier)

@@ -7,7 +7,11 @@ three priors, classifier, rejection sampling, evaluation (issue 11).
 Runs every stage of `vqvae2 run --preset faces128` in order with the same stage functions, timing
 each; the faces are rendered into a fresh cache inside the run directory, so their time counts.
 `--reuse` reads a finished run directory instead of training (stage_seconds then come from the
-JSON of the run that made it, if there is one). Targets (issue 11): every level uses >= 90% of
+JSON of the run that made it, if there is one). `--resume` goes on with an interrupted run: each
+finished stage's time is kept in `bench-seconds.json` in the run directory, finished stages are not
+run again, and the interrupted stage resumes from its last checkpoint; its time is the resumed part
+plus the part before the interruption (give it with `--seconds-before NAME=SECONDS`, e.g. from the
+checkpoint's file time), and the JSON records that the run was resumed. Targets (issue 11): every level uses >= 90% of
 its codebook; recon_psnr >= 26 dB; each prior's validation NLL >= 1 bit below its level's
 unigram entropy (validation codes); FD-domain and precision better at acceptance 0.1 than at 1.0;
 total_seconds <= 5400.
@@ -39,13 +43,22 @@ def unigram_bits(codes: np.ndarray, k: int) -> float:
     return float(-(p * np.log2(p)).sum())
 
 
-def run_pipeline(cfg, run: RunDir) -> dict[str, float]:
-    seconds = {}
+def run_pipeline(cfg, run: RunDir, seconds: dict[str, float] | None = None,
+                 before: dict[str, float] | None = None) -> dict[str, float]:
+    """Run the stages not yet in `seconds` (stage name -> seconds), recording each in
+    `bench-seconds.json` as it finishes; `before` adds time spent on a stage before an interruption."""
+    seconds = dict(seconds or {})
+    before = before or {}
+    record = run.root / "bench-seconds.json"
 
     def timed(name, fn, *args):
+        if name in seconds:
+            print(f"=== {name}: {seconds[name]:.0f} s (finished before the resume)", flush=True)
+            return
         t0 = time.perf_counter()
         fn(*args)
-        seconds[name] = time.perf_counter() - t0
+        seconds[name] = time.perf_counter() - t0 + before.get(name, 0.0)
+        write_json(record, seconds)
         print(f"=== {name}: {seconds[name]:.0f} s", flush=True)
 
     timed("data", build_datasets, cfg.data)  # renders the faces into the (fresh) cache
@@ -78,14 +91,39 @@ def main() -> None:
     ap.add_argument("--recon-grid", type=Path, help="copy the reconstruction grid here")
     ap.add_argument("--vary-grid", type=Path, help="write a `vary --keep top` grid here")
     ap.add_argument("--reuse", action="store_true", help="read a finished run instead of training")
+    ap.add_argument("--resume", action="store_true", help="go on with an interrupted run (see above)")
+    ap.add_argument("--seconds", dest="seconds", action="append", default=[], metavar="NAME=SECONDS",
+                    help="with --resume: a stage finished before bench-seconds.json existed")
+    ap.add_argument("--seconds-before", dest="before", action="append", default=[], metavar="NAME=SECONDS",
+                    help="with --resume: time the interrupted stage ran before the interruption")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     args = ap.parse_args()
 
+    def pairs(items):
+        out = {}
+        for item in items:
+            name, _, value = item.partition("=")
+            try:
+                out[name] = float(value)
+            except ValueError:
+                ap.error(f"expected NAME=SECONDS, got {item!r}")
+        return out
+
     init_processes()
     run = RunDir(args.run_dir)
+    resumed = None
     if args.reuse:
         cfg = load_run_config(run, None, args.overrides)
         seconds = (read_json(args.out).get("stage_seconds", {}) if args.out.is_file() else {})
+    elif args.resume:
+        if not (run.root / "config.json").is_file():
+            ap.error(f"--resume: {run.root} holds no run to go on with (no config.json)")
+        cfg = load_run_config(run, None, args.overrides)
+        record = run.root / "bench-seconds.json"
+        done = {**pairs(args.seconds), **(read_json(record) if record.is_file() else {})}
+        before = pairs(args.before)
+        resumed = {"finished_before": sorted(done), "seconds_before_interruption": before}
+        seconds = run_pipeline(cfg, run, done, before)
     else:
         shutil.rmtree(run.root, ignore_errors=True)
         cfg = load_run_config(run, "faces128", [f"data.cache_dir='{run.root / 'data-cache'}'", *args.overrides])
@@ -105,7 +143,7 @@ def main() -> None:
         "kid": [r["kid_mean"] for r in rows], "reconstruction_fd_domain": report["reconstruction"]["fd"],
         "n_samples": rows[0]["n_generated"], "n_real": report["provenance"]["n_real"],
         "classifier_accuracy": read_json(run.classifier / "metrics.json")["accuracy"],
-        "stage_seconds": seconds, "total_seconds": sum(seconds.values()) if seconds else None,
+        "stage_seconds": seconds, "total_seconds": sum(seconds.values()) if seconds else None, "resumed": resumed,
         "torch": torch.__version__, "threads": torch.get_num_threads(),
     }
     for level in meta["levels"]:
