@@ -60,6 +60,8 @@ def main() -> None:
     ap.add_argument("--speed-steps", type=int, default=100)
     ap.add_argument("--grid", type=Path, default=None, help="also copy the sample grid here (e.g. docs/...png)")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--speed-only", action="store_true",
+                    help="only the fp32/bf16 speed measurement (no 2,000-step training, no NLL, no samples)")
     args = ap.parse_args()
 
     run = RunDir(args.run_dir)
@@ -73,7 +75,7 @@ def main() -> None:
     result = {"preset": "fashion32", "steps": args.steps, "batch_size": args.batch_size,
               "nll_bits": {}, "unigram_bits": {}, "accuracy": {}, "codes_per_second": {}, "train_seconds": {},
               "gap_bits": {}, "n_params": {}, "required_gap_bits": MARGINS, "passed": {}}
-    for level in meta["levels"]:
+    for level in ([] if args.speed_only else meta["levels"]):
         shutil.rmtree(run.prior(level), ignore_errors=True)
         t0 = time.perf_counter()
         stage_prior(cfg, run, level)
@@ -102,6 +104,11 @@ def main() -> None:
         result["codes_per_second_bf16"][level] = speed["bf16"]
         result["bf16_speedup"][level] = speed["bf16"] / speed["no"]
         result["passed"][f"{level}_bf16_speedup"] = result["bf16_speedup"][level] >= TARGETS["bf16_speedup_min"]
+    if args.speed_only:
+        result.update(speed_only=True, torch=torch.__version__, threads=torch.get_num_threads())
+        write_json(args.out, result)
+        print(json.dumps(result, indent=2))
+        return
     stage_sample(cfg, run)
     if args.grid:
         args.grid.parent.mkdir(parents=True, exist_ok=True)
