@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
                     help="positions the ffhq256 reference is timed on (each is one full forward)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads for the reference and the forward (default: torch's choice); "
-                         "the cached sampler always runs on one CPU thread")
+                         "the cached sampler uses one CPU thread for small priors, these threads for large ones")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval-n", type=int, default=10000, help="samples of the evaluation-path throughput line")
     args = ap.parse_args(argv)

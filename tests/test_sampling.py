@@ -39,6 +39,25 @@ def test_cached_equals_reference_over_a_hierarchy(temperature, top_k):
         assert torch.equal(cached[0], top.eval()(cached[0], labels=labels).argmax(1))
 
 
+@pytest.mark.parametrize("threshold", [0, 10**9])
+def test_cached_equals_reference_on_the_threaded_and_the_single_thread_path(monkeypatch, threshold):
+    """Large priors sample with torch's threads, small ones on one thread: both give the reference's codes."""
+    import vqvae2.sampling as sampling
+    monkeypatch.setattr(sampling, "_THREADED_ROW_VALUES", threshold)
+    torch.set_num_threads(2)
+    seen = []
+    real = torch.set_num_threads
+    monkeypatch.setattr(torch, "set_num_threads", lambda k: (seen.append(k), real(k)))
+    levels = priors()
+    labels = torch.tensor([0, 1, 2])
+    run = lambda sampler: sample_hierarchy(levels, 3, labels=labels, sampler=sampler,  # noqa: E731
+                                           generator=torch.Generator().manual_seed(5))
+    ref, cached = run("reference"), run("cached")
+    for a, b in zip(ref, cached):
+        assert torch.equal(a, b)
+    assert (1 in seen) == (threshold > 0)  # one thread only on the small-prior path
+
+
 @pytest.mark.parametrize("temperature,top_k", [(1.0, None), (0.8, 4)])
 def test_cached_logits_match_teacher_forced_forward(temperature, top_k):
     top, bottom = priors()
