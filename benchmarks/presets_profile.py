@@ -8,10 +8,7 @@ shapes matter for time and memory), measured on this machine's CPU with the pres
   --steps after one warm-up) at batch 1 and 2, and the peak resident memory of the process;
 - extract-codes: seconds per image of VQVAE2.encode at batch 4;
 - sample: seconds per image to sample every level with the cached sampler and decode (one image;
-  class-conditional for imagenet256). With `--sample-rows N` only the first N rows of each level are
-  sampled and timed row by row; the level's time is extrapolated from a least-squares line through
-  the per-row times (a row's cost grows with its position, through the attention over all earlier
-  positions), and the row says so (`extrapolated_from_rows`, the timed `seconds_per_row`).
+  class-conditional for imagenet256).
 Each measurement runs in a fresh process, so its peak RSS is its own; `base_rss_mb` is the process
 after imports, before any model. Memory per sample = peak RSS at batch 2 - at batch 1. The rows with
 "activation_checkpointing": true repeat the largest training stages with the memory saver on.
@@ -36,25 +33,7 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-class _EnoughRows(Exception):
-    pass
-
-
-def _extrapolate(row_times: list[float], height: int) -> float:
-    """Seconds for all `height` rows from the first rows' times: a least-squares line t(r) = a + b r
-    through rows 1.. (row 0 also pays the level's set-up, added as measured), summed over every row."""
-    first, rest = row_times[0], row_times[1:]
-    if len(rest) < 2:
-        return first + (rest[0] if rest else first) * (height - 1)
-    r = list(range(1, len(rest) + 1))
-    mr, mt = statistics.fmean(r), statistics.fmean(rest)
-    b = sum((x - mr) * (y - mt) for x, y in zip(r, rest)) / sum((x - mr) ** 2 for x in r)
-    b = max(b, 0.0)  # a row never gets cheaper further down; a negative slope is noise
-    a = mt - b * mr
-    return first + sum(a + b * x for x in range(1, height))
-
-
-def measure(preset: str, stage: str, batch: int, steps: int, checkpointing: bool, sample_rows: int = 0) -> dict:
+def measure(preset: str, stage: str, batch: int, steps: int, checkpointing: bool) -> dict:
     """One measurement, in this (fresh) process."""
     sys.path.insert(0, str(REPO))
     import torch
@@ -128,42 +107,9 @@ def measure(preset: str, stage: str, batch: int, steps: int, checkpointing: bool
             with torch.no_grad():
                 codes = sample_hierarchy(priors, batch, labels=labels, generator=torch.Generator().manual_seed(0))
                 vqvae.decode_codes(codes)
-        if sample_rows:
-            from vqvae2.sampling import sample_cached
-            levels, per_level, rows_timed = [], [], []
-            gen = torch.Generator().manual_seed(0)
-            for prior in priors:
-                h, w = prior.config.height, prior.config.width
-                times, t_last = [], [time.perf_counter()]
-
-                def on_row(_, times=times, t_last=t_last):
-                    now = time.perf_counter()
-                    times.append(now - t_last[0])
-                    t_last[0] = now
-                    if len(times) >= sample_rows:
-                        raise _EnoughRows
-                try:
-                    with torch.no_grad():
-                        codes = sample_cached(prior, batch, cond=levels or None, generator=gen, on_row=on_row,
-                                              labels=labels if prior.config.n_classes else None)
-                except _EnoughRows:  # the rows not reached are stand-ins for the next level's condition
-                    codes = torch.randint(0, c.codebook_size, (batch, h, w), generator=gen)
-                levels.append(codes)
-                per_level.append(_extrapolate(times, h) if len(times) < h else sum(times))
-                rows_timed.append(times)
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                vqvae.decode_codes(levels)
-            decode = time.perf_counter() - t0
-            out["seconds_per_image"] = (sum(per_level) + decode) / batch
-            out["extrapolated_from_rows"] = sample_rows
-            out["seconds_per_level"] = [t / batch for t in per_level]
-            out["seconds_per_row"] = {lv: [round(t, 4) for t in ts] for lv, ts in zip(c.levels, rows_timed)}
-            out["decode_seconds"] = decode / batch
-        else:
-            t0 = time.perf_counter()
-            draw()  # one image: no warm-up run (the first call is the measured one)
-            out["seconds_per_image"] = (time.perf_counter() - t0) / batch
+        t0 = time.perf_counter()
+        draw()  # one image: no warm-up run (the first call is the measured one)
+        out["seconds_per_image"] = (time.perf_counter() - t0) / batch
         out["params"] = sum(p.numel() for m in [vqvae, *priors] for p in m.parameters())
         out["positions_per_image"] = sum(s * s for s in c.grid_sizes())
     out["peak_rss_mb"] = rss_mb()
@@ -172,7 +118,7 @@ def measure(preset: str, stage: str, batch: int, steps: int, checkpointing: bool
     return out
 
 
-def plan(presets: list[str], steps: int, sample_rows: int = 0) -> list[tuple]:
+def plan(presets: list[str], steps: int) -> list[tuple]:
     sys.path.insert(0, str(REPO))
     from pipelines.config import resolve_config
     rows = []
@@ -180,7 +126,7 @@ def plan(presets: list[str], steps: int, sample_rows: int = 0) -> list[tuple]:
         levels = resolve_config(preset).vqvae.levels
         for stage in ["train-vqvae", *[f"train-prior-{lv}" for lv in levels]]:
             rows += [(preset, stage, 1, steps, False), (preset, stage, 2, steps, False)]
-        rows += [(preset, "extract-codes", 4, steps, False), (preset, "sample", 1, 0, False, sample_rows)]
+        rows += [(preset, "extract-codes", 4, steps, False), (preset, "sample", 1, 0, False)]
         # the memory saver on the two stages that take the most memory
         rows += [(preset, "train-vqvae", 2, steps, True), (preset, f"train-prior-{levels[-1]}", 2, steps, True)]
     return rows
@@ -191,8 +137,6 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     ap.add_argument("--presets", default=",".join(PRESETS))
     ap.add_argument("--steps", type=int, default=3, help="timed steps per training measurement (median)")
-    ap.add_argument("--sample-rows", type=int, default=0,
-                    help="time only the first N rows of each level and extrapolate (0: sample whole images)")
     ap.add_argument("--resume", action="store_true", help="keep the rows already in --out and measure the rest")
     ap.add_argument("--only", help="comma-separated stages to measure (e.g. sample,extract-codes); default all")
     ap.add_argument("--measure", help=argparse.SUPPRESS)  # internal: one measurement as JSON
@@ -203,7 +147,7 @@ def main() -> None:
     if args.out is None:
         ap.error("--out is required")
     result: dict = {}
-    rows = plan(args.presets.split(","), args.steps, args.sample_rows)
+    rows = plan(args.presets.split(","), args.steps)
     if args.only:
         keep = set(args.only.split(","))
         rows = [r for r in rows if r[1] in keep or r[1].rsplit("-", 1)[0] in keep]
