@@ -95,6 +95,24 @@ def test_faces_cache_holds_the_rendered_faces_and_is_keyed_by_rendering_paramete
         SyntheticFaces(5, 16, seed=2, cache_dir=tmp_path)
 
 
+@pytest.mark.parametrize("channels,stored,size", [(1, 8, 8), (1, 8, 6), (3, 12, 8), (3, 8, 8)])
+def test_batched_items_equal_items_one_by_one(channels, stored, size):
+    """__getitems__ (one conversion per batch) gives exactly what __getitem__ gives per item."""
+    from pipelines.datasets.arrays import ArrayImageDataset
+    rng = np.random.default_rng(0)
+    shape = (6, stored, stored) if channels == 1 else (6, stored, stored, channels)
+    ds = ArrayImageDataset(rng.integers(0, 256, shape, dtype=np.uint8), [0, 1, 2, 0, 1, 2], ["a", "b", "c"], size)
+    for (x, y), i in zip(ds.__getitems__([4, 0, 5]), [4, 0, 5]):
+        want_x, want_y = ds[i]
+        assert x.shape == (channels, size, size) and torch.equal(x, want_x) and torch.equal(y, want_y)
+
+
+def test_cached_faces_batched_items_equal_items_one_by_one(tmp_path):
+    ds = SyntheticFaces(5, 12, seed=3, cache_dir=tmp_path)
+    for (x, y), i in zip(ds.__getitems__([3, 1]), [3, 1]):
+        assert torch.equal(x, ds[i][0]) and torch.equal(y, ds[i][1])
+
+
 def test_faces_rendered_by_worker_processes_equal_faces_rendered_in_process(tmp_path):
     n = synthetic.CHUNK + 6  # two chunks: two worker processes
     pooled = SyntheticFaces(n, 8, seed=1, split="val", cache_dir=tmp_path, workers=2)

@@ -9,18 +9,25 @@ from torch.utils.data import Dataset
 from .config import DataError
 
 
+def _to_float(t: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 (B, C, H, W) -> float32 (B, C, size, size) in [-1, 1] (antialiased bilinear resize if needed)."""
+    t = t.float().div_(127.5).sub_(1.0)
+    if t.shape[-1] != size or t.shape[-2] != size:
+        t = F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False).clamp_(-1, 1)
+    return t
+
+
+def _channels_first(t: torch.Tensor, image_dims: int) -> torch.Tensor:
+    """uint8 images with `image_dims` = 2 (H, W) or 3 (H, W, C) trailing dims -> channels before H, W."""
+    return t.unsqueeze(-3) if image_dims == 2 else t.movedim(-1, -3)
+
+
 def to_tensor(arr: np.ndarray, size: int) -> torch.Tensor:
     """uint8 HxW or HxWxC -> float32 (C, size, size) in [-1, 1]."""
     arr = np.ascontiguousarray(arr)
     if not arr.flags.writeable:
         arr = arr.copy()
-    t = torch.from_numpy(arr)
-    t = t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)
-    t = t.float().div_(127.5).sub_(1.0)
-    if t.shape[-1] != size or t.shape[-2] != size:
-        t = F.interpolate(t[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
-        t = t.clamp_(-1.0, 1.0)
-    return t
+    return _to_float(_channels_first(torch.from_numpy(arr), arr.ndim)[None], size)[0]
 
 
 def label_tensor(y: int) -> torch.Tensor:
@@ -30,11 +37,7 @@ def label_tensor(y: int) -> torch.Tensor:
 def batch_items(images: np.ndarray, labels: np.ndarray, size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The items of a batch from uint8 (B, H, W[, C]) images in one conversion (what DataLoader's
     `__getitems__` asks for): the same values as to_tensor item by item, without a Python loop per pixel op."""
-    t = torch.from_numpy(np.ascontiguousarray(images))
-    t = t.unsqueeze(1) if t.ndim == 3 else t.permute(0, 3, 1, 2)
-    t = t.float().div_(127.5).sub_(1.0)
-    if t.shape[-1] != size or t.shape[-2] != size:
-        t = F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False).clamp_(-1, 1)
+    t = _to_float(_channels_first(torch.from_numpy(np.ascontiguousarray(images)), images.ndim - 1), size)
     return list(zip(t.unbind(0), torch.from_numpy(np.asarray(labels, dtype=np.int64)).unbind(0)))
 
 

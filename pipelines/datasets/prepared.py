@@ -147,5 +147,3 @@ def loader_workers(dataset: Dataset, requested: int) -> int:
     from .config import available_cores
     from .folder import ImageFolderDataset
     return min(8, available_cores()) if isinstance(dataset, ImageFolderDataset) else 0
-
-
