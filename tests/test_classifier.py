@@ -22,6 +22,15 @@ def test_shapes(in_channels):
         model(torch.rand(3, 4 - in_channels if in_channels == 1 else 1, 16, 16))
 
 
+@pytest.mark.parametrize("stride", [2, 4])
+def test_strided_stem_downsamples_first(stride):
+    """classifier.stem_stride: the stem divides the image side by the stride, the stages as before."""
+    model = tiny(in_channels=3, image_size=32, stem_stride=stride).eval()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    assert model.stem(x).shape[-1] == 32 // stride
+    assert model(x).shape == (2, 5) and model.features(x).shape == (2, model.feature_dim)
+
+
 def test_default_config_is_the_fashion_mnist_resnet():
     model = Classifier(ClassifierConfig())
     assert model(torch.zeros(2, 1, 32, 32)).shape == (2, 10)
@@ -31,7 +40,8 @@ def test_default_config_is_the_fashion_mnist_resnet():
 @pytest.mark.parametrize("bad, match", [
     (dict(in_channels=2), "in_channels"), (dict(num_classes=1), "num_classes"), (dict(channels=[]), "channels"),
     (dict(blocks_per_stage=0), "blocks_per_stage"), (dict(dropout=1.0), "dropout"),
-    (dict(image_size=18), "multiple of 4"),
+    (dict(image_size=18), "multiple of 4"), (dict(stem_stride=3), "stem_stride"),
+    (dict(stem_stride=4, image_size=24), "multiple of 16"),
 ])
 def test_config_errors(bad, match):
     with pytest.raises(ValueError, match=match):

@@ -115,6 +115,7 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch
     mask = torch.ones(L, L, dtype=torch.bool, device=q.device).triu_(1)
     return scores.masked_fill(mask, float("-inf")).softmax(-1) @ v
 
+
 class CausalAttention(nn.Module):
     """Multi-head attention over raster order; the input at p is LayerNorm(h), the embedded code at
     p - 1 and 2 background channels (row and column coordinates in [-1, 1])."""
