@@ -10,6 +10,7 @@
     512 codes, no attention, random weights); the reference is timed on its first
     --ref-positions positions and extrapolated linearly.
 
+(a) takes the median of 9 runs of each timing; (b)'s take seconds each and run once.
 speedup = reference seconds / cached seconds; forward_ratio = cached seconds / seconds of one
 teacher-forced forward over the same batch (all levels for (a)).
 """
@@ -19,6 +20,7 @@ import argparse
 import dataclasses
 import json
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -62,10 +64,17 @@ def ffhq256_bottom_prior(channels: int = 128, size: int = 64, n_units: int = 16)
 
 # timing
 
-def _timed(fn) -> tuple[float, object]:
-    t0 = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - t0, out
+def _timed(fn, repeats: int = 1) -> tuple[float, object]:
+    """(median seconds of `repeats` calls, the last call's result): sub-second timings vary run to run."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+FASHION32_REPEATS = 9  # its timings are 10-400 ms: the median of 9 runs each
 
 
 @torch.no_grad()
@@ -76,12 +85,14 @@ def bench_fashion32(batch: int, top_channels: int, bottom_channels: int, seed: i
     run = lambda sampler: sample_hierarchy(priors, batch, labels=labels, sampler=sampler,  # noqa: E731
                                            generator=torch.Generator().manual_seed(seed))
     run("cached")  # warm-up
-    cached_s, codes = _timed(lambda: run("cached"))
-    reference_s, ref_codes = _timed(lambda: run("reference"))
+    cached_s, codes = _timed(lambda: run("cached"), FASHION32_REPEATS)
+    reference_s, ref_codes = _timed(lambda: run("reference"), FASHION32_REPEATS)
     priors[0](codes[0], labels=labels)
-    forward_s, _ = _timed(lambda: [priors[0](codes[0], labels=labels), priors[1](codes[1], [codes[0]], labels)])
+    forward_s, _ = _timed(lambda: [priors[0](codes[0], labels=labels), priors[1](codes[1], [codes[0]], labels)],
+                          FASHION32_REPEATS)
     return dict(speedup=reference_s / cached_s, forward_ratio=cached_s / forward_s, cached_seconds=cached_s,
                 reference_seconds=reference_s, forward_seconds=forward_s, extrapolated=False,
+                timing="median of %d runs each" % FASHION32_REPEATS,
                 positions_timed=sum(p.config.height * p.config.width for p in priors),
                 same_codes=all(torch.equal(a, b) for a, b in zip(codes, ref_codes)), batch=batch,
                 priors={name: dataclasses.asdict(p.config) for name, p in zip(("top", "bottom"), priors)})
