@@ -138,6 +138,26 @@ def test_config_round_trips_through_json_and_validates():
         tiny_config(kernel_size=4)
     with pytest.raises(ValueError, match="power of two"):
         tiny_config(cond_shapes=[[5, 3, 3]])
+    with pytest.raises(ValueError, match="prior.cond_upsample must be 'nearest' or 'learned', got 'bilinear'"):
+        tiny_config(cond_upsample="bilinear")
+
+
+@pytest.mark.parametrize("mode", ["nearest", "learned"])
+def test_conditioning_upsampling_tells_positions_under_one_higher_code_apart(mode, tmp_path):
+    """A 1 x 3 level above a 4 x 6 grid: every higher code covers 4 x 2 positions. Nearest upsampling
+    gives them one feature vector; learned upsampling gives each its own (and still round-trips)."""
+    prior = model(cond_upsample=mode)
+    codes, cond, labels = inputs()
+    feat = prior.cond_features(cond)  # (B, 2 * cond_channels, H, W); the first stack reads the 1 x 3 level
+    assert feat.shape == (2, 8, H, W)
+    block = feat[:, :4, :, 0:2]  # the positions under the first code of the 1 x 3 level
+    same = torch.allclose(block, block[:, :, :1, :1].expand_as(block))
+    assert same == (mode == "nearest")
+    assert not torch.allclose(prior(codes, cond, labels), prior(codes, [(cond[0] + 1) % 5, cond[1]], labels))
+    prior.save_pretrained(tmp_path / "prior")
+    loaded = PixelSNAIL.from_pretrained(tmp_path / "prior").eval()
+    assert loaded.config.cond_upsample == mode
+    assert torch.equal(loaded(codes, cond, labels), prior(codes, cond, labels))
 
 
 def test_bad_inputs_raise_clear_errors():

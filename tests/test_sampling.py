@@ -10,20 +10,21 @@ from vqvae2.sampling import sample_cached, sample_hierarchy, sample_reference
 N_CLASSES = 3
 
 
-def priors():
+def priors(cond_upsample="nearest"):
     """Top (2x3, 7 codes) and bottom (4x6, 9 codes) priors, both with attention and classes."""
     torch.manual_seed(0)
     common = dict(channels=8, n_blocks=2, attention_blocks=[0, 1], n_heads=2, dropout=0.2,
                   n_classes=N_CLASSES, cond_channels=4, n_cond_res=1)
     top = PixelSNAIL(PixelSNAILConfig(codebook_size=7, height=2, width=3, n_res_per_block=1, **common))
     bottom = PixelSNAIL(PixelSNAILConfig(codebook_size=9, height=4, width=6, n_res_per_block=2, kernel_size=5,
-                                         cond_shapes=[[7, 2, 3]], **common))
+                                         cond_shapes=[[7, 2, 3]], cond_upsample=cond_upsample, **common))
     return [top, bottom]
 
 
-@pytest.mark.parametrize("temperature,top_k", [(1.0, None), (0.6, 3), (1.7, 1)])
-def test_cached_equals_reference_over_a_hierarchy(temperature, top_k):
-    levels = priors()
+@pytest.mark.parametrize("temperature,top_k,cond_upsample",
+                         [(1.0, None, "nearest"), (0.6, 3, "nearest"), (1.7, 1, "nearest"), (1.0, None, "learned")])
+def test_cached_equals_reference_over_a_hierarchy(temperature, top_k, cond_upsample):
+    levels = priors(cond_upsample)
     labels = torch.tensor([0, 1, 2, 1, 0])
     run = lambda sampler: sample_hierarchy(  # noqa: E731
         levels, 5, labels=labels, temperature=temperature, top_k=top_k, sampler=sampler,

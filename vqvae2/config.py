@@ -41,6 +41,14 @@ def _coerce(value: Any, type_name: str, key: str) -> Any:
         "bool": lambda v: isinstance(v, bool),
         "str": lambda v: isinstance(v, str),
     }
+    if "|" in t:  # a union such as float|list[float]: the first alternative the value fits
+        alts = t.split("|")
+        for alt in alts:
+            try:
+                return _coerce(value, alt, key)
+            except ValueError:
+                pass
+        raise ValueError(f"{key} must be {' or '.join(alts)}, got {value!r}")
     if t in ok:
         if not ok[t](value):
             raise ValueError(f"{key} must be {'an' if t == 'int' else 'a'} {t}, got {value!r}")
@@ -157,6 +165,10 @@ class PixelSNAILConfig:
     cond_shapes: list[list[int]] = field(default_factory=list)
     cond_channels: int = 64
     n_cond_res: int = 2
+    # how a higher level's features reach this grid: "nearest" repeats each feature over the
+    # f x f positions it covers; "learned" maps it to each of those positions with its own linear
+    # map (a stride-f transposed conv), so the prior knows which part of the higher code it is at
+    cond_upsample: str = "nearest"
 
     def __post_init__(self) -> None:
         self.attention_blocks = [int(b) for b in self.attention_blocks]
@@ -178,6 +190,8 @@ class PixelSNAILConfig:
         _check(0.0 <= self.dropout < 1.0, f"prior.dropout must be in [0, 1), got {self.dropout}")
         _check(self.n_classes >= 0, f"prior.n_classes must be >= 0 (0 = unconditional), got {self.n_classes}")
         _check(self.n_cond_res >= 0, f"prior.n_cond_res must be >= 0, got {self.n_cond_res}")
+        _check(self.cond_upsample in ("nearest", "learned"),
+               f"prior.cond_upsample must be 'nearest' or 'learned', got {self.cond_upsample!r}")
         for s in self.cond_shapes:
             _check(len(s) == 3, f"prior.cond_shapes entries must be [codebook_size, h, w], got {s}")
             k, h, w = s

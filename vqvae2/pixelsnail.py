@@ -152,15 +152,24 @@ class CondResidual(nn.Module):
 
 
 class CondStack(nn.Module):
-    def __init__(self, codebook_size: int, channels: int, n_res: int):
+    """Embeds one higher level's codes, runs non-causal residual convs over them at their own grid
+    size, and upsamples by `factor` (fh, fw) to the prior's grid: nearest, or `learned` (each of the
+    fh x fw positions a code covers gets its own linear map of the feature: a stride-f transposed conv)."""
+
+    def __init__(self, codebook_size: int, channels: int, n_res: int, factor: tuple[int, int] = (1, 1),
+                 learned: bool = False):
         super().__init__()
         self.embed = nn.Embedding(codebook_size, channels)
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
         self.res = nn.Sequential(*[CondResidual(channels) for _ in range(n_res)])
+        self.factor = factor
+        self.up = nn.ConvTranspose2d(channels, channels, factor, stride=factor) if learned else None
 
-    def forward(self, codes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
         x = self.res(self.conv(rearrange(self.embed(codes), "b h w c -> b c h w")))
-        fh, fw = height // codes.shape[1], width // codes.shape[2]
+        if self.up is not None:
+            return self.up(F.silu(x))
+        fh, fw = self.factor
         return x.repeat_interleave(fh, dim=2).repeat_interleave(fw, dim=3)  # nearest upsampling
 
 
@@ -190,7 +199,9 @@ class PixelSNAIL(nn.Module, PretrainedMixin):
         self.stem_v = DownShiftedConv(c, c, k // 2, k, shift=1)  # rows r-k//2 .. r-1
         self.stem_h = RightShiftedConv(c, c, k // 2, shift=1)  # columns c-k//2 .. c-1
         self.cond_stacks = nn.ModuleList(
-            CondStack(kc, cfg.cond_channels, cfg.n_cond_res) for kc, _, _ in cfg.cond_shapes)
+            CondStack(kc, cfg.cond_channels, cfg.n_cond_res, (cfg.height // h, cfg.width // w),
+                      learned=cfg.cond_upsample == "learned")
+            for kc, h, w in cfg.cond_shapes)
         cond_in = cfg.cond_channels * len(cfg.cond_shapes)
         self.blocks = nn.ModuleList(
             PixelSNAILBlock(cfg, i in cfg.attention_blocks, cond_in) for i in range(cfg.n_blocks))
@@ -242,8 +253,7 @@ class PixelSNAIL(nn.Module, PretrainedMixin):
         """(B, cond_channels * n_levels_above, H, W): every higher level through its stack, upsampled."""
         if not self.cond_stacks:
             return None
-        h, w = self.config.height, self.config.width
-        return torch.cat([stack(cc.long(), h, w) for stack, cc in zip(self.cond_stacks, cond)], dim=1)
+        return torch.cat([stack(cc.long()) for stack, cc in zip(self.cond_stacks, cond)], dim=1)
 
     def forward(self, codes: torch.Tensor, cond: list[torch.Tensor] | None = None,
                 labels: torch.Tensor | None = None) -> torch.Tensor:
