@@ -80,7 +80,7 @@ def vary_grid(cfg, run: RunDir, out: Path) -> dict:
     image = out.with_name(out.stem + "-input.png")
     x, _ = val[3]
     Image.fromarray(((x.permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)).save(image)
-    return vary(cfg, run, image, "top", n=6, seed=0, out=out)
+    return vary(cfg, run, image, "top", n=6, seed=0, temperature=cfg.sample.temperature, out=out)
 
 
 def main() -> None:

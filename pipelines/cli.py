@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", required=True, help="keep this level and the ones above (top, middle, ...)")
     p.add_argument("--n", type=int, default=8, help="number of variations")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--temperature", type=float, help="one for every level (default: the run's sample.temperature)")
     p.add_argument("--class", dest="class_label", type=int, help="class for class-conditional priors "
                    "(default: the run's classifier's prediction)")
     p.add_argument("--out", type=Path, help="the grid to write (default RUN/vary/<image>-keep-<level>.png)")
@@ -199,7 +199,8 @@ def _dispatch(args, run: RunDir) -> int:
         pipeline.stage_eval(cfg, run)
     elif args.command == "vary":
         from .vary import vary
-        info = vary(cfg, run, args.image, args.keep, n=args.n, seed=args.seed, temperature=args.temperature,
+        temperature = cfg.sample.temperature if args.temperature is None else args.temperature
+        info = vary(cfg, run, args.image, args.keep, n=args.n, seed=args.seed, temperature=temperature,
                     class_label=args.class_label, out=args.out)
         print(f"[vary] kept {info['kept']}, resampled {info['resampled']} ({info['label']}) -> {info['grid']}")
     return 0

@@ -78,11 +78,21 @@ class ClassifierTrainConfig(TrainConfig):
         _check(self.rejection_mixup >= 0, f"rejection_mixup must be >= 0, got {self.rejection_mixup}")
 
 
+def check_temperature(value: float | list[float], key: str) -> None:
+    values = value if isinstance(value, list) else [value]
+    _check(len(values) >= 1 and all(t > 0 for t in values),
+           f"{key} must be > 0 (one number, or a list with one per level, top first), got {value}")
+
+
+def format_temperature(value: float | list[float]) -> str:
+    return ", ".join(f"{t:g}" for t in value) if isinstance(value, list) else f"{value:g}"
+
+
 @dataclass
 class SampleConfig:
     n: int = 64
     batch_size: int = 64
-    temperature: float = 1.0
+    temperature: float | list[float] = 1.0  # one for every level, or a list: one per level, top first
     top_k: int = 0  # 0 = no top-k filtering
     seed: int = 0
     sampler: str = "cached"  # "cached" or "reference"
@@ -93,7 +103,7 @@ class SampleConfig:
         _check(self.format in ("npz", "png"), f"sample.format must be 'npz' or 'png', got {self.format!r}")
         _check(self.n >= 1, f"sample.n must be >= 1, got {self.n}")
         _check(self.batch_size >= 1, f"sample.batch_size must be >= 1, got {self.batch_size}")
-        _check(self.temperature > 0, f"sample.temperature must be > 0, got {self.temperature}")
+        check_temperature(self.temperature, "sample.temperature")
         _check(self.top_k >= 0, f"sample.top_k must be >= 0, got {self.top_k}")
         _check(self.sampler in ("cached", "reference"), f"sample.sampler must be 'cached' or 'reference', got {self.sampler!r}")
 
@@ -108,7 +118,7 @@ class EvalConfig:
     kid_subset_size: int = 1000
     batch_size: int = 256
     seed: int = 0
-    temperature: float = 1.0
+    temperature: float | list[float] = 1.0  # as sample.temperature
     rejection_classifier: str = "separate"  # "separate": a second classifier (another seed); "same": the feature one
     reference_stats: str = ""  # an .npz from `vqvae2 fid-stats`: used instead of the real images' features
     enabled: bool = True
@@ -117,6 +127,7 @@ class EvalConfig:
         _check(self.n_samples >= 1, f"eval.n_samples must be >= 1, got {self.n_samples}")
         _check(len(self.acceptance_rates) >= 1 and all(0 < r <= 1 for r in self.acceptance_rates),
                f"eval.acceptance_rates must be in (0, 1], got {self.acceptance_rates}")
+        check_temperature(self.temperature, "eval.temperature")
         _check(self.rejection_classifier in ("separate", "same"),
                f"eval.rejection_classifier must be 'separate' or 'same', got {self.rejection_classifier!r}")
         _check(self.feature_extractor in ("domain", "inception"),
@@ -141,6 +152,10 @@ class PipelineConfig:
         for level in self.prior:
             if level not in self.vqvae.levels:
                 raise ValueError(f"prior.{level}: unknown level {level!r}; the VQ-VAE's levels are {self.vqvae.levels}")
+        for key, t in (("sample.temperature", self.sample.temperature), ("eval.temperature", self.eval.temperature)):
+            _check(not isinstance(t, list) or len(t) == len(self.vqvae.levels),
+                   f"{key} has {len(t) if isinstance(t, list) else 1} values but the VQ-VAE has "
+                   f"{len(self.vqvae.levels)} levels {self.vqvae.levels}: give one number, or one per level, top first")
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)

@@ -48,7 +48,7 @@ def sample_labels(n: int, num_classes: int, class_label: int, conditional: bool)
 
 @torch.no_grad()
 def sample_batch(vqvae: VQVAE2, priors, b: int, lo: int, hi: int, labels: torch.Tensor | None, seed: int,
-                 temperature: float = 1.0, top_k: int = 0, sampler: str = "cached"
+                 temperature: float | list[float] = 1.0, top_k: int = 0, sampler: str = "cached"
                  ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Samples [lo, hi) of a run of batches: uint8 images (B, C, H, W) on CPU and codes per level."""
     device = next(vqvae.parameters()).device
@@ -62,7 +62,7 @@ def sample_batch(vqvae: VQVAE2, priors, b: int, lo: int, hi: int, labels: torch.
 
 @torch.no_grad()
 def generate(vqvae: VQVAE2, priors, n: int, labels: torch.Tensor | None, seed: int, batch_size: int,
-             temperature: float = 1.0, top_k: int = 0, sampler: str = "cached", progress: bool = True,
+             temperature: float | list[float] = 1.0, top_k: int = 0, sampler: str = "cached", progress: bool = True,
              ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """n images (uint8, N C H W) and their codes per level, in memory (small n; the stages use a store)."""
     state = PartialState()
@@ -83,7 +83,7 @@ def generate(vqvae: VQVAE2, priors, n: int, labels: torch.Tensor | None, seed: i
 
 @torch.no_grad()
 def generate_to_store(vqvae: VQVAE2, priors, store: SampleStore, labels: torch.Tensor | None, seed: int,
-                      temperature: float = 1.0, top_k: int = 0, sampler: str = "cached",
+                      temperature: float | list[float] = 1.0, top_k: int = 0, sampler: str = "cached",
                       extra: ExtraFn | None = None, desc: str = "sample") -> None:
     """Fills the store's missing chunks (chunk b = sampling batch b), sharing them between processes.
     `extra(images, labels)` adds per-sample arrays to each chunk (e.g. classifier probabilities)."""

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from .artifacts import RunDir, find_training_state, read_json
-from .config import PipelineConfig, config_from_dict
+from .config import PipelineConfig, config_from_dict, format_temperature
 from .curves import read_records
 
 DONE, IN_PROGRESS, NOT_STARTED, STALE = "done", "in progress", "not started", "stale"
@@ -164,7 +164,7 @@ def _samples(cfg: PipelineConfig, run: RunDir, root: str) -> StageStatus:
     from .sample import stage_hash
     return _chunked("samples", _read(run.samples / "metrics.json"), _expected(lambda: stage_hash(cfg, run)),
                     run.samples / "chunks", f"vqvae2 sample --run-dir {root}",
-                    lambda m: (f"{m['n']} samples, temperature {m['temperature']:g}", {"n": m["n"]}))
+                    lambda m: (f"{m['n']} samples, temperature {format_temperature(m['temperature'])}", {"n": m["n"]}))
 
 
 def _classifier(cfg: PipelineConfig, run: RunDir, root: str) -> StageStatus:

@@ -56,7 +56,7 @@ def _label(run: RunDir, image: torch.Tensor, class_label: int | None, n_classes:
 
 @torch.no_grad()
 def vary(cfg: PipelineConfig, run: RunDir, image_path: Path, keep: str, n: int = 8, seed: int = 0,
-         temperature: float = 1.0, class_label: int | None = None, out: Path | None = None) -> dict:
+         temperature: float | list[float] = 1.0, class_label: int | None = None, out: Path | None = None) -> dict:
     vqvae = VQVAE2.from_pretrained(run.vqvae).eval()
     levels = vqvae.levels
     if keep not in levels[:-1]:

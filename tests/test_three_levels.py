@@ -14,7 +14,9 @@ from conftest import TINY_EVAL, TINY_PRIORS, folder_overrides, make_image_folder
 
 THREE_LEVELS = ["vqvae.strides=[2, 2, 2]", "prior.middle.channels=8", "prior.middle.n_blocks=1",
                 "prior.middle.n_res_per_block=1", "prior.middle.attention_blocks=[]", "prior.middle.cond_channels=4",
-                "prior.middle.n_cond_res=1"]
+                "prior.middle.n_cond_res=1", "prior.middle.cond_upsample='learned'",
+                "prior.bottom.cond_upsample='learned'", "sample.temperature=[1.0, 0.7, 0.5]",
+                "eval.temperature=[1.0, 0.7, 0.5]"]
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +43,28 @@ def test_every_stage_runs_with_three_levels(three_level_run):
         assert [s[f"codes_{lv}"].shape[1:] for lv in codes["levels"]] == [(2, 2), (4, 4), (8, 8)]
     report = json.loads((run.eval / "report.json").read_text())
     assert all(np.isfinite(r["fd"]) for r in report["rows"])
+    # one temperature per level, top first, reaches the sampler and is recorded
+    assert json.loads((run.samples / "metrics.json").read_text())["temperature"] == [1.0, 0.7, 0.5]
+    assert report["provenance"]["temperature"] == [1.0, 0.7, 0.5]
+
+
+def test_temperature_per_level_is_checked_against_the_levels(three_level_run, capsys):
+    for value, message in (("[1.0, 0.5]", "sample.temperature has 2 values but the VQ-VAE has 3 levels"),
+                           ("[1.0, 0.0, 0.5]", "sample.temperature must be > 0"),
+                           ("'warm'", "sample.temperature must be float or list[float], got 'warm'")):
+        assert main(["sample", "--run-dir", str(three_level_run.root), "--set", f"sample.temperature={value}"]) != 0
+        assert message in capsys.readouterr().err
+
+
+def test_per_level_temperature_changes_only_its_level(three_level_run):
+    from vqvae2.sampling import sample_hierarchy
+    priors = load_priors(three_level_run, ["top", "middle", "bottom"])
+    labels = torch.tensor([0, 1, 0, 1])
+    draw = lambda t: sample_hierarchy(priors, 4, labels=labels, temperature=t,  # noqa: E731
+                                      generator=torch.Generator().manual_seed(2))
+    base, colder = draw([1.0, 1.0, 1.0]), draw([1.0, 1.0, 0.05])
+    assert torch.equal(base[0], colder[0]) and torch.equal(base[1], colder[1])
+    assert not torch.equal(base[2], colder[2])
 
 
 def test_lower_priors_read_every_level_above(three_level_run):
