@@ -80,7 +80,8 @@ class ClassifierTrainConfig(TrainConfig):
 
 def check_temperature(value: float | list[float], key: str) -> None:
     values = value if isinstance(value, list) else [value]
-    _check(len(values) >= 1 and all(t > 0 for t in values),
+    numbers = all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in values)
+    _check(len(values) >= 1 and numbers and all(t > 0 for t in values),
            f"{key} must be > 0 (one number, or a list with one per level, top first), got {value}")
 
 

@@ -51,7 +51,8 @@ def test_every_stage_runs_with_three_levels(three_level_run):
 def test_temperature_per_level_is_checked_against_the_levels(three_level_run, capsys):
     for value, message in (("[1.0, 0.5]", "sample.temperature has 2 values but the VQ-VAE has 3 levels"),
                            ("[1.0, 0.0, 0.5]", "sample.temperature must be > 0"),
-                           ("'warm'", "sample.temperature must be float or list[float], got 'warm'")):
+                           ("'warm'", "sample.temperature must be float or list[float], got 'warm'"),
+                           ("[1.0, 'warm', 0.5]", "sample.temperature must be > 0")):
         assert main(["sample", "--run-dir", str(three_level_run.root), "--set", f"sample.temperature={value}"]) != 0
         assert message in capsys.readouterr().err
 
@@ -117,3 +118,20 @@ def test_vary_asks_the_classifier_for_the_class(three_level_run, tmp_path, capsy
                  "--n", "2"]) == 0
     out = capsys.readouterr().out
     assert "predicted by the classifier" in out and (three_level_run.root / "vary" / "face-keep-top.png").is_file()
+
+
+def test_vary_and_status_use_the_runs_per_level_temperature(three_level_run, tmp_path, monkeypatch, capsys):
+    """Without --temperature, vary draws at the run's sample.temperature (a list here); status shows it."""
+    import pipelines.vary as vary_module
+    seen = []
+    real = vary_module.sample_hierarchy
+    monkeypatch.setattr(vary_module, "sample_hierarchy", lambda *a, **kw: (seen.append(kw["temperature"]), real(*a, **kw))[1])
+    image = tmp_path / "face.png"
+    Image.fromarray(np.random.default_rng(4).integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(image)
+    argv = ["vary", "--run-dir", str(three_level_run.root), "--image", str(image), "--keep", "top", "--n", "2",
+            "--class", "0", "--out", str(tmp_path / "v.png")]
+    assert main(argv) == 0 and main([*argv, "--temperature", "0.3"]) == 0
+    assert seen == [[1.0, 0.7, 0.5], 0.3]
+    capsys.readouterr()
+    assert main(["status", "--run-dir", str(three_level_run.root)]) == 0
+    assert "temperature 1, 0.7, 0.5" in capsys.readouterr().out
