@@ -146,14 +146,33 @@ def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _show_note
     init_processes()
     run = RunDir(args.run_dir) if args.run_dir is not None else None
+    code = 1
     try:
-        return _dispatch(args, run)
+        code = _dispatch(args, run)
+        return code
     except KeyboardInterrupt as e:
         print(f"vqvae2: interrupted: {e}", file=sys.stderr)
-        return 130
+        code = 130
+        return code
     except (ValueError, FileNotFoundError, NotADirectoryError, TrainingError) as e:
         print(f"vqvae2 {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        code = 2
+        return code
+    finally:
+        end_processes(orderly=code == 0)
+
+
+def end_processes(orderly: bool) -> None:
+    """Ends the process group of a launched run (no-op in one process). Left to interpreter shutdown,
+    gloo's worker threads can abort a rank with SIGABRT ("terminate called without an active
+    exception"), which the launcher reports as a failed run. After a clean end the ranks first meet,
+    so none tears the group down under another; after an error they do not wait for each other."""
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if orderly:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def _dispatch(args, run: RunDir) -> int:

@@ -49,3 +49,27 @@ def test_two_processes_train_identical_replicas_and_sample_like_one(tmp_path):
     one = np.load(run / "samples" / "samples.npz")
     for key in ("arr_0", "codes_top", "codes_bottom", "labels"):
         assert np.array_equal(one[key], two[key]), key
+
+
+def test_launched_commands_end_their_process_group(tmp_path):
+    """Each rank ends the gloo group itself when a command returns, after a clean end and after an error:
+    a group left to interpreter shutdown can abort a rank (SIGABRT, "terminate called without an active
+    exception"), which the launcher reports as a failed run"""
+    script = tmp_path / "probe.py"
+    script.write_text(
+        "import sys, torch.distributed as dist\n"
+        "from pipelines.cli import main\n"
+        "ok = main(['status', '--run-dir', sys.argv[1]])\n"
+        "print('after-ok', dist.is_initialized(), ok)\n"
+        "bad = main(['sample', '--run-dir', sys.argv[2]])\n"
+        "print('after-error', dist.is_initialized(), bad)\n")
+    (tmp_path / "empty").mkdir()
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script),
+           str(tmp_path / "empty"), str(tmp_path / "missing")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    lines = out.stdout.splitlines()
+    assert lines.count("after-ok False 0") == 2, out.stdout
+    assert sum(line.startswith("after-error False ") and not line.endswith(" 0") for line in lines) == 2, out.stdout
