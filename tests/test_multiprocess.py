@@ -57,19 +57,21 @@ def test_launched_commands_end_their_process_group(tmp_path):
     exception"), which the launcher reports as a failed run"""
     script = tmp_path / "probe.py"
     script.write_text(
-        "import sys, torch.distributed as dist\n"
+        "import os, sys, torch.distributed as dist\n"
         "from pipelines.cli import main\n"
         "ok = main(['status', '--run-dir', sys.argv[1]])\n"
-        "print('after-ok', dist.is_initialized(), ok)\n"
+        "lines = [f'after-ok {dist.is_initialized()} {ok}']\n"
         "bad = main(['sample', '--run-dir', sys.argv[2]])\n"
-        "print('after-error', dist.is_initialized(), bad)\n")
+        "lines.append(f'after-error {dist.is_initialized()} {bad}')\n"
+        "open(os.path.join(sys.argv[3], 'rank' + os.environ['RANK']), 'w').write(chr(10).join(lines))\n")
     (tmp_path / "empty").mkdir()
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script),
-           str(tmp_path / "empty"), str(tmp_path / "missing")]
+           str(tmp_path / "empty"), str(tmp_path / "missing"), str(tmp_path)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    lines = out.stdout.splitlines()
-    assert lines.count("after-ok False 0") == 2, out.stdout
-    assert sum(line.startswith("after-error False ") and not line.endswith(" 0") for line in lines) == 2, out.stdout
+    for rank in (0, 1):  # one file per rank: the ranks' stdout interleaves
+        ok, error = (tmp_path / f"rank{rank}").read_text().splitlines()
+        assert ok == "after-ok False 0", (rank, ok)
+        assert error.startswith("after-error False ") and not error.endswith(" 0"), (rank, error)
