@@ -146,20 +146,18 @@ def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _show_note
     init_processes()
     run = RunDir(args.run_dir) if args.run_dir is not None else None
-    code = 1
+    code = 1  # stays 1 if an unexpected exception escapes
     try:
         code = _dispatch(args, run)
-        return code
     except KeyboardInterrupt as e:
         print(f"vqvae2: interrupted: {e}", file=sys.stderr)
         code = 130
-        return code
     except (ValueError, FileNotFoundError, NotADirectoryError, TrainingError) as e:
         print(f"vqvae2 {args.command}: error: {e}", file=sys.stderr)
         code = 2
-        return code
     finally:
         end_processes(orderly=code == 0)
+    return code
 
 
 def end_processes(orderly: bool) -> None:

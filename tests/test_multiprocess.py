@@ -63,7 +63,7 @@ def test_launched_commands_end_their_process_group(tmp_path):
         "lines = [f'after-ok {dist.is_initialized()} {ok}']\n"
         "bad = main(['sample', '--run-dir', sys.argv[2]])\n"
         "lines.append(f'after-error {dist.is_initialized()} {bad}')\n"
-        "open(os.path.join(sys.argv[3], 'rank' + os.environ['RANK']), 'w').write(chr(10).join(lines))\n")
+        "open(os.path.join(sys.argv[3], 'rank' + os.environ['RANK']), 'w').write('\\n'.join(lines))\n")
     (tmp_path / "empty").mkdir()
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script),
