@@ -11,6 +11,8 @@
     --ref-positions positions and extrapolated linearly.
 
 (a) takes the median of 9 runs of each timing; (b)'s take seconds each and run once.
+(a) also times the compiled sampler (`sample.sampler=compiled`, torch.compile of each row's work) after a
+    first call that compiles it; --no-compiled skips it.
 speedup = reference seconds / cached seconds; forward_ratio = cached seconds / seconds of one
 teacher-forced forward over the same batch (all levels for (a)).
 """
@@ -78,7 +80,7 @@ FASHION32_REPEATS = 9  # its timings are 10-400 ms: the median of 9 runs each
 
 
 @torch.no_grad()
-def bench_fashion32(batch: int, top_channels: int, bottom_channels: int, seed: int) -> dict:
+def bench_fashion32(batch: int, top_channels: int, bottom_channels: int, seed: int, compiled: bool = True) -> dict:
     torch.manual_seed(seed)
     priors = [PixelSNAIL(cfg).eval() for cfg in fashion32_priors(top_channels, bottom_channels)]
     labels = torch.arange(batch) % 10
@@ -90,12 +92,22 @@ def bench_fashion32(batch: int, top_channels: int, bottom_channels: int, seed: i
     priors[0](codes[0], labels=labels)
     forward_s, _ = _timed(lambda: [priors[0](codes[0], labels=labels), priors[1](codes[1], [codes[0]], labels)],
                           FASHION32_REPEATS)
-    return dict(speedup=reference_s / cached_s, forward_ratio=cached_s / forward_s, cached_seconds=cached_s,
-                reference_seconds=reference_s, forward_seconds=forward_s, extrapolated=False,
-                timing="median of %d runs each" % FASHION32_REPEATS,
-                positions_timed=sum(p.config.height * p.config.width for p in priors),
-                same_codes=all(torch.equal(a, b) for a, b in zip(codes, ref_codes)), batch=batch,
-                priors={name: dataclasses.asdict(p.config) for name, p in zip(("top", "bottom"), priors)})
+    out = dict(speedup=reference_s / cached_s, forward_ratio=cached_s / forward_s, cached_seconds=cached_s,
+               reference_seconds=reference_s, forward_seconds=forward_s, extrapolated=False,
+               timing="median of %d runs each" % FASHION32_REPEATS,
+               positions_timed=sum(p.config.height * p.config.width for p in priors),
+               same_codes=all(torch.equal(a, b) for a, b in zip(codes, ref_codes)), batch=batch,
+               priors={name: dataclasses.asdict(p.config) for name, p in zip(("top", "bottom"), priors)})
+    if compiled:  # sample.sampler=compiled: the first call compiles, the timed ones reuse the graphs
+        compile_s, _ = _timed(lambda: run("compiled"))
+        compiled_s, compiled_codes = _timed(lambda: run("compiled"), FASHION32_REPEATS)
+        # the cached sampler again, interleaved in time with the compiled one: the machine's speed drifts
+        cached_again_s, _ = _timed(lambda: run("cached"), FASHION32_REPEATS)
+        out["compiled"] = dict(
+            speedup=reference_s / compiled_s, forward_ratio=compiled_s / forward_s, seconds=compiled_s,
+            first_call_seconds=compile_s, cached_seconds_again=cached_again_s,
+            same_codes=all(torch.equal(a, b) for a, b in zip(compiled_codes, ref_codes)))
+    return out
 
 
 @torch.no_grad()
@@ -155,11 +167,13 @@ def main(argv: list[str] | None = None) -> dict:
                          "the cached sampler uses one CPU thread for small priors, these threads for large ones")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval-n", type=int, default=10000, help="samples of the evaluation-path throughput line")
+    ap.add_argument("--no-compiled", action="store_true", help="skip the compiled sampler (sample.sampler=compiled)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     result = {
-        "fashion32": bench_fashion32(args.batch, args.top_channels, args.bottom_channels, args.seed),
+        "fashion32": bench_fashion32(args.batch, args.top_channels, args.bottom_channels, args.seed,
+                                     compiled=not args.no_compiled),
         "ffhq256": bench_ffhq256(args.batch, args.ffhq_channels, args.ffhq_size, args.ffhq_units,
                                  args.ref_positions, args.seed),
         "eval_path": bench_eval_path(args.eval_n, args.seed),
@@ -175,6 +189,10 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{name}: speedup {r['speedup']:.1f}x, forward_ratio {r['forward_ratio']:.2f}, "
               f"cached {r['cached_seconds']:.2f}s, reference {r['reference_seconds']:.2f}s"
               f"{' (extrapolated)' if r['extrapolated'] else ''}")
+    if "compiled" in result["fashion32"]:
+        r = result["fashion32"]["compiled"]
+        print(f"fashion32 compiled: speedup {r['speedup']:.1f}x, forward_ratio {r['forward_ratio']:.2f}, "
+              f"{r['seconds'] * 1000:.1f} ms (first call {r['first_call_seconds']:.1f}s), same codes {r['same_codes']}")
     return result
 
 

@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int)
     p.add_argument("--class", dest="class_label", type=int, help="class index for class-conditional priors")
     p.add_argument("--seed", type=int)
-    p.add_argument("--sampler", choices=["cached", "reference"])
+    p.add_argument("--sampler", choices=["cached", "compiled", "reference"])
     p.add_argument("--format", choices=["npz", "png"],
                    help="npz: samples/samples.npz (arr_0 uint8 N x H x W x 3); png: samples/png/*.png")
     p.add_argument("--png-dir", type=Path, help="also write one PNG per image here")

@@ -96,7 +96,7 @@ class SampleConfig:
     temperature: float | list[float] = 1.0  # one for every level, or a list: one per level, top first
     top_k: int = 0  # 0 = no top-k filtering
     seed: int = 0
-    sampler: str = "cached"  # "cached" or "reference"
+    sampler: str = "cached"  # "cached", "compiled" (the cached sampler through torch.compile) or "reference"
     class_label: int = -1  # -1 = spread samples over all classes (labelled data) or unconditional
     format: str = "npz"  # "npz": samples.npz (arr_0 uint8 N x H x W x 3, labels, codes); "png": samples/png/*.png
 
@@ -106,7 +106,8 @@ class SampleConfig:
         _check(self.batch_size >= 1, f"sample.batch_size must be >= 1, got {self.batch_size}")
         check_temperature(self.temperature, "sample.temperature")
         _check(self.top_k >= 0, f"sample.top_k must be >= 0, got {self.top_k}")
-        _check(self.sampler in ("cached", "reference"), f"sample.sampler must be 'cached' or 'reference', got {self.sampler!r}")
+        _check(self.sampler in ("cached", "compiled", "reference"),
+               f"sample.sampler must be 'cached', 'compiled' or 'reference', got {self.sampler!r}")
 
 
 @dataclass

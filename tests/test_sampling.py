@@ -40,6 +40,37 @@ def test_cached_equals_reference_over_a_hierarchy(temperature, top_k, cond_upsam
         assert torch.equal(cached[0], top.eval()(cached[0], labels=labels).argmax(1))
 
 
+def test_compiled_equals_reference_over_a_hierarchy(monkeypatch):
+    """sample.sampler=compiled (torch.compile of each row's work): the reference's codes, also when a row is
+    sampled in several compiled chunks (the bottom's rows of 6 in chunks of 4 and 2)."""
+    import vqvae2.sampling as sampling
+    monkeypatch.setattr(sampling, "COMPILE_CHUNK", 4)
+    levels = priors()
+    labels = torch.tensor([0, 1, 2, 1, 0])
+    run = lambda sampler: sample_hierarchy(levels, 5, labels=labels, temperature=0.6, top_k=3,  # noqa: E731
+                                           sampler=sampler, generator=torch.Generator().manual_seed(3))
+    ref, compiled = run("reference"), run("compiled")
+    for a, b in zip(ref, compiled):
+        assert torch.equal(a, b)
+    assert len(torch.unique(compiled[1])) > 1
+    assert all(p.training for p in levels)
+
+
+def test_samplers_follow_weight_updates():
+    """The samplers keep their weight matrices between calls; an optimizer step must not leave them stale."""
+    top, untouched = priors()[0], priors()[0]
+    labels = torch.tensor([0, 1, 2])
+    run = lambda fn, prior=top: fn(prior, 3, labels=labels, generator=torch.Generator().manual_seed(2))  # noqa: E731
+    assert torch.equal(run(sample_cached), run(sample_reference))
+    opt = torch.optim.SGD(top.parameters(), lr=5.0)
+    loss = top(run(sample_cached), labels=labels).logsumexp(1).mean()
+    loss.backward()
+    opt.step()
+    after = run(sample_cached)
+    assert torch.equal(after, run(sample_reference))
+    assert not torch.equal(after, run(sample_reference, untouched))  # the step changed the samples
+
+
 @pytest.mark.parametrize("threshold", [0, 10**9])
 def test_cached_equals_reference_on_the_threaded_and_the_single_thread_path(monkeypatch, threshold):
     """Large priors sample with torch's threads, small ones on one thread: both give the reference's codes."""

@@ -8,6 +8,7 @@ filtering). They consume the generator identically, so the same seed gives the s
 from __future__ import annotations
 
 import contextlib
+import weakref
 from typing import Callable, Sequence
 
 import torch
@@ -119,6 +120,45 @@ def _cpu_threads_for(device: torch.device, row_values: int):
         torch.set_num_threads(threads)
 
 
+def _mat(conv: torch.nn.Conv2d) -> torch.Tensor:
+    """(Cout, Cin, kh, kw) conv weight -> (kh * kw * Cin, Cout) matrix over a (kh, kw, Cin) window."""
+    return rearrange(conv.weight, "o i kh kw -> (kh kw i) o").contiguous()
+
+
+_MATRICES: "weakref.WeakKeyDictionary[PixelSNAIL, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _matrices(prior: PixelSNAIL) -> dict:
+    """`_weight_matrices(prior)`, cached while no parameter of `prior` changes: the key holds every
+    parameter's storage, dtype and version counter (an optimizer step or a load_state_dict bumps it)."""
+    key = tuple((q.data_ptr(), q.dtype, q._version) for q in prior.parameters())
+    hit = _MATRICES.get(prior)
+    if hit is None or hit[0] != key:
+        hit = _MATRICES[prior] = (key, _weight_matrices(prior))
+    return hit[1]
+
+
+def _weight_matrices(prior: PixelSNAIL) -> dict:
+    """Every weight of `prior` the samplers use, as a right-hand matrix of a matmul over channel-last
+    rows (biases: the modules' own), plus each attention layer's background part of q/k/v per position."""
+    c = prior.config.channels
+    units = [dict(v_conv=_mat(u.v_conv), v_conv_b=u.v_conv.bias, v_out=_mat(u.v_out), v_out_b=u.v_out.bias,
+                  h_from_v=_mat(u.h_from_v), h_conv=_mat(u.h_conv), h_conv_b=u.h_conv.bias, h_out=_mat(u.h_out),
+                  h_out_b=u.h_out.bias, cond_proj=_mat(u.cond_proj) if u.cond_proj is not None else None)
+             for u in prior.units]
+    attn = {}
+    for i, block in enumerate(prior.blocks):
+        if block.attn is not None:
+            a = block.attn
+            attn[str(i)] = dict(ln_w=a.norm.weight, ln_b=a.norm.bias, eps=a.norm.eps,
+                                w_h=a.qkv.weight[:, :c].t().contiguous(), w_x=a.qkv.weight[:, c:2 * c].t().contiguous(),
+                                bg=(prior.background[0] @ a.qkv.weight[:, 2 * c:].t() + a.qkv.bias).contiguous(),  # (HW, 3C)
+                                w_out=a.out.weight.t().contiguous(), b_out=a.out.bias)
+    return dict(embed=prior.embed.weight, stem_v=_mat(prior.stem_v), stem_v_b=prior.stem_v.bias,
+                stem_h=_mat(prior.stem_h), stem_h_b=prior.stem_h.bias, units=units, attn=attn,
+                head_w=prior.head.weight[:, :, 0, 0].t().contiguous(), head_b=prior.head.bias)
+
+
 class _CachedPixelSNAIL:
     """Incremental evaluation of a PixelSNAIL for one batch.
 
@@ -140,19 +180,16 @@ class _CachedPixelSNAIL:
         weight = prior.embed.weight
         dev, dt = weight.device, weight.dtype
         self.embed = weight
-
-        def mat(conv):  # (Cout, Cin, kh, kw) conv weight -> (kh * kw * Cin, Cout) matrix over a (kh, kw, Cin) window
-            return rearrange(conv.weight, "o i kh kw -> (kh kw i) o").contiguous()
-
-        self.stem_v, self.stem_v_b = mat(prior.stem_v), prior.stem_v.bias
-        self.stem_h, self.stem_h_b = mat(prior.stem_h), prior.stem_h.bias
+        m = _matrices(prior)
+        self.stem_v, self.stem_v_b = m["stem_v"], prior.stem_v.bias
+        self.stem_h, self.stem_h_b = m["stem_h"], prior.stem_h.bias
         self.units = prior.units
-        self.v_conv = [mat(u.v_conv) for u in self.units]
-        self.v_out = [mat(u.v_out) for u in self.units]
-        self.h_from_v = [mat(u.h_from_v) for u in self.units]
-        self.cond_proj = [mat(u.cond_proj) if u.cond_proj is not None else None for u in self.units]
-        self.h_conv = [mat(u.h_conv) for u in self.units]
-        self.h_out = [mat(u.h_out) for u in self.units]
+        self.v_conv = [u["v_conv"] for u in m["units"]]
+        self.v_out = [u["v_out"] for u in m["units"]]
+        self.h_from_v = [u["h_from_v"] for u in m["units"]]
+        self.cond_proj = [u["cond_proj"] for u in m["units"]]
+        self.h_conv = [u["h_conv"] for u in m["units"]]
+        self.h_out = [u["h_out"] for u in m["units"]]
         # biases of every unit that are fixed for the whole batch: (B, 4C) class embedding, repeated per column
         self.fixed = [u.class_emb(labels).repeat(w, 1) if u.class_emb is not None else None for u in self.units]
         self.cond_rows = None if cond_feat is None else rearrange(cond_feat, "b c h w -> h (w b) c").contiguous()
@@ -170,35 +207,27 @@ class _CachedPixelSNAIL:
         for i, block in enumerate(prior.blocks):
             if block.attn is None:
                 continue
-            a = block.attn
+            a, ma = block.attn, m["attn"][str(i)]
             nh, hw = a.n_heads, cfg.height * cfg.width
             self.attn[i] = dict(
-                module=a, nh=nh, d=c // nh,
-                w_h=a.qkv.weight[:, :c].t().contiguous(), w_x=a.qkv.weight[:, c:2 * c].t().contiguous(),
-                bg=(prior.background[0] @ a.qkv.weight[:, 2 * c:].t() + a.qkv.bias).contiguous(),  # (HW, 3C)
-                w_out=a.out.weight.t().contiguous(), b_out=a.out.bias,
+                module=a, nh=nh, d=c // nh, w_h=ma["w_h"], w_x=ma["w_x"], bg=ma["bg"], w_out=ma["w_out"], b_out=a.out.bias,
                 k=torch.zeros(n, nh, hw, c // nh, device=dev, dtype=dt),
                 v=torch.zeros(n, nh, hw, c // nh, device=dev, dtype=dt))
         self.x_prev = torch.zeros(n, c, device=dev, dtype=dt)  # embedded code at the previous position
-        self.head_w = prior.head.weight[:, :, 0, 0].t().contiguous()
-        self.head_b = prior.head.bias
-
-    def _windows(self, rows: torch.Tensor) -> torch.Tensor:
-        """(R, W + 2p, B, C) rows -> (W * B, R * k * C): the k-column window of every column, for a matmul."""
-        return rearrange(rows.unfold(1, self.k, 1), "r w b c k -> (w b) (r k c)")
+        self.head_w, self.head_b = m["head_w"], prior.head.bias
 
     def start_row(self, r: int) -> None:
         """Compute the v stream of row r for every unit and the h-stream biases of row r."""
         n, c, p, w = self.n, self.c, self.p, self.width
         if r > 0:  # the finished row r-1
             self.x_rows[p + r - 1, p:p + w] = rearrange(self.x_cur[:, p:], "b w c -> w b c")
-        v = torch.addmm(self.stem_v_b, self._windows(self.x_rows[r:r + p]), self.stem_v)  # rows r-p..r-1: (W * B, C)
+        v = torch.addmm(self.stem_v_b, _row_windows(self.x_rows[r:r + p], self.k), self.stem_v)  # rows r-p..r-1: (W * B, C)
         self.h_bias0 = (v + self.stem_h_b).view(w, n, c)
         self.h_bias1, self.h_bias2 = [], []
         for i, unit in enumerate(self.units):
             buf = self.v_rows[i]
             buf[p + r, p:p + w] = F.silu(v).view(w, n, c)
-            a = F.silu(torch.addmm(unit.v_conv.bias, self._windows(buf[r:r + p + 1]), self.v_conv[i]))
+            a = F.silu(torch.addmm(unit.v_conv.bias, _row_windows(buf[r:r + p + 1], self.k), self.v_conv[i]))
             b = torch.addmm(unit.v_out.bias, a, self.v_out[i])  # (W * B, 2C)
             extra = None if self.cond_proj[i] is None else self.cond_rows[r] @ self.cond_proj[i]  # (W * B, 4C)
             if self.fixed[i] is not None:
@@ -273,6 +302,183 @@ def sample_cached(prior: PixelSNAIL, n: int, cond: list[torch.Tensor] | None = N
     return (codes, all_logits) if return_logits else codes
 
 
+# compiled sampler: the cached sampler's arithmetic as pure functions of a row, compiled
+
+# positions unrolled into one compiled call: a wider row is sampled in chunks of this many columns
+# (compile time grows with the unrolled length; the fashion32 rows, 4 and 8 wide, are one call each)
+COMPILE_CHUNK = 8
+
+
+def _row_windows(rows: torch.Tensor, k: int) -> torch.Tensor:
+    """(R, W + 2p, B, C) rows -> (W * B, R * k * C): the k-column window of every column."""
+    return rearrange(rows.unfold(1, k, 1), "r w b c k -> (w b) (r k c)")
+
+
+def _v_row(m: dict, x_rows: torch.Tensor, v_wins: list[torch.Tensor], cond_row: torch.Tensor | None,
+           fixed: list[torch.Tensor] | None, k: int):
+    """The v stream of one row (as `_CachedPixelSNAIL.start_row`), functionally: x_rows (p, W + 2p, B, C)
+    holds the embedded codes of the p rows above, v_wins[i] silu of unit i's v input on those rows,
+    cond_row (W * B, 4C * units) every unit's projected conditioning on this row.
+    Returns the h-stream biases (W, B, C), [(W, B, C)], [(W, B, 2C)] and the windows for the next row."""
+    p = k // 2
+    _, wp, n, c = x_rows.shape
+    w = wp - 2 * p
+    v = torch.addmm(m["stem_v_b"], _row_windows(x_rows, k), m["stem_v"])
+    hb0 = (v + m["stem_h_b"]).view(w, n, c)
+    hb1, hb2, new_wins = [], [], []
+    for i, u in enumerate(m["units"]):
+        win = torch.cat([v_wins[i], F.pad(F.silu(v).view(1, w, n, c), (0, 0, 0, 0, p, p))])
+        new_wins.append(win[1:])
+        a = F.silu(torch.addmm(u["v_conv_b"], _row_windows(win, k), u["v_conv"]))
+        b = torch.addmm(u["v_out_b"], a, u["v_out"])
+        extra = None if cond_row is None else cond_row[:, 4 * c * i:4 * c * (i + 1)]
+        if fixed is not None:
+            extra = fixed[i] if extra is None else extra + fixed[i]
+        ev, eh = (None, None) if extra is None else extra.chunk(2, dim=1)
+        v = v + F.glu(b if ev is None else b + ev, dim=1)
+        hb1.append(torch.addmm(u["h_conv_b"], F.silu(v), u["h_from_v"]).view(w, n, c))
+        hb2.append((u["h_out_b"] if eh is None else eh + u["h_out_b"]).expand(w * n, 2 * c).reshape(w, n, 2 * c))
+    return hb0, hb1, hb2, new_wins
+
+
+def _positions(m: dict, hb0, hb1, hb2, h_wins: list[torch.Tensor], x_win: torch.Tensor, x_prev: torch.Tensor,
+               caches: dict, pos0: torch.Tensor, u: torch.Tensor, temperature: float, top_k: int | None,
+               blocks: tuple[int, ...], n_heads: int, want_logits: bool):
+    """Sample len(hb0) consecutive positions of one row (as `_CachedPixelSNAIL.step` and `push`), starting at
+    raster position pos0 (a 0-d tensor). Attention reads the whole key/value cache with later positions masked,
+    so no shape depends on the position. Returns codes (B, n_cols), logits (B, K, n_cols) or None, embedded codes
+    (n_cols, B, C) and the carried windows."""
+    n, c = x_prev.shape
+    h_wins = list(h_wins)
+    codes, logits, xs = [], [], []
+    for j in range(hb0.shape[0]):
+        h = torch.addmm(hb0[j], x_win.reshape(n, -1), m["stem_h"])
+        i = 0
+        for b, n_units in enumerate(blocks):
+            for _ in range(n_units):
+                u_ = m["units"][i]
+                win = torch.cat([h_wins[i], F.silu(h)[:, None]], 1)  # silu(h) of the last p columns and this one
+                h_wins[i] = win[:, 1:]
+                a = F.silu(torch.addmm(hb1[i][j], win.reshape(n, -1), u_["h_conv"]))
+                h = h + F.glu(torch.addmm(hb2[i][j], a, u_["h_out"]), dim=-1)
+                i += 1
+            if str(b) in caches:
+                h = _attend_masked(m["attn"][str(b)], caches[str(b)], h, x_prev, pos0 + j, n_heads)
+        logit = torch.addmm(m["head_b"], F.silu(h), m["head_w"])
+        code = _pick(logit, u[:, j], temperature, top_k)
+        x_prev = m["embed"][code]
+        x_win = torch.cat([x_win[:, 1:], x_prev[:, None]], 1)
+        codes.append(code)
+        logits.append(logit)
+        xs.append(x_prev)
+    return (torch.stack(codes, 1), torch.stack(logits, 2) if want_logits else None, torch.stack(xs), h_wins, x_win,
+            x_prev)
+
+
+def _attend_masked(a: dict, cache: tuple[torch.Tensor, torch.Tensor], h: torch.Tensor, x_prev: torch.Tensor,
+                   pos: torch.Tensor, n_heads: int) -> torch.Tensor:
+    n, c = h.shape
+    d = c // n_heads
+    kc, vc = cache
+    x = F.layer_norm(h, (c,), a["ln_w"], a["ln_b"], a["eps"])
+    bg = a["bg"].index_select(0, pos.view(1))[0]
+    qkv = torch.addmm(torch.addmm(bg, x, a["w_h"]), x_prev, a["w_x"]).view(n, 3, n_heads, d)
+    kc.index_copy_(2, pos.view(1), qkv[:, 1, :, None])
+    vc.index_copy_(2, pos.view(1), qkv[:, 2, :, None])
+    scores = (qkv[:, 0, :, None] @ kc.transpose(-1, -2)) * d ** -0.5  # (B, nh, 1, HW)
+    scores = scores.masked_fill(torch.arange(kc.shape[2], device=h.device) > pos, float("-inf"))
+    o = scores.softmax(-1) @ vc
+    return h + torch.addmm(a["b_out"], o.reshape(n, c), a["w_out"])
+
+
+def _first_chunk(m, x_rows, last_row, v_wins, cond_row, fixed, caches, x_prev, pos0, u, temperature: float,
+                 top_k: int | None, blocks: tuple[int, ...], n_heads: int, want_logits: bool, k: int):
+    """Start a row and sample its first chunk: one compiled call does both (a whole row when it is no wider
+    than COMPILE_CHUNK). last_row (W, B, C): the embedded codes of the row just finished (zeros at row 0)."""
+    p = k // 2
+    x_rows = torch.cat([x_rows[1:], F.pad(last_row, (0, 0, 0, 0, p, p))[None]])
+    hb0, hb1, hb2, v_wins = _v_row(m, x_rows, v_wins, cond_row, fixed, k)
+    n, c = x_prev.shape
+    zeros = x_prev.new_zeros(n, p, c)
+    cols = u.shape[1]
+    out = _positions(m, hb0[:cols], [b[:cols] for b in hb1], [b[:cols] for b in hb2], [zeros] * len(hb1), zeros,
+                     x_prev, caches, pos0, u, temperature, top_k, blocks, n_heads, want_logits)
+    return (x_rows, v_wins, hb0, hb1, hb2) + out
+
+
+_compiled: dict = {}
+
+
+def _compiled_fns():
+    """torch.compile'd `_first_chunk` and `_positions`, made on first use (Inductor with its C++ wrapper:
+    the wrapper's own per-kernel Python overhead is what the small kernels of one position pay most for).
+    Every prior shape, batch size, temperature and top_k gets its own graph, so the recompile limit is
+    raised to keep a hierarchy (3 levels, a last smaller batch) compiled rather than falling back to eager."""
+    if not _compiled:
+        import torch._dynamo
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        opts = dict(fullgraph=True, dynamic=False, options={"cpp_wrapper": True})
+        _compiled["first"] = torch.compile(_first_chunk, **opts)
+        _compiled["positions"] = torch.compile(_positions, **opts)
+    return _compiled["first"], _compiled["positions"]
+
+
+def sample_compiled(prior: PixelSNAIL, n: int, cond: list[torch.Tensor] | None = None,
+                    labels: torch.Tensor | None = None, temperature: float = 1.0, top_k: int | None = None,
+                    generator: torch.Generator | None = None, return_logits: bool = False,
+                    on_row: RowCallback | None = None):
+    """`sample_cached` with each row's work compiled by torch.compile: the same arithmetic (the same codes
+    as `sample_reference` up to float rounding, tested), a few times fewer operator calls per position.
+    The first call for a prior shape, batch size, temperature and top_k compiles (tens of seconds per
+    level on 2 CPU cores); later calls reuse the graph. Needs a C++ compiler on CPU (Inductor)."""
+    _check_args(prior, n, temperature, top_k)
+    device, cond, labels = _inputs(prior, n, cond, labels)
+    cfg = prior.config
+    height, width, c, k = cfg.height, cfg.width, cfg.channels, cfg.kernel_size
+    p = k // 2
+    first, later = _compiled_fns()
+    u = _uniforms(n, height, width, generator, device)
+    codes = torch.zeros(n, height, width, dtype=torch.long, device=device)
+    all_logits = torch.zeros(n, cfg.codebook_size, height, width, device=device) if return_logits else None
+    blocks = tuple(len(b.units) for b in prior.blocks)
+    with _eval_mode(prior), _cpu_threads_for(device, n * width * c):
+        m = _matrices(prior)
+        dt = m["embed"].dtype
+        cond_feat = prior.cond_features(cond)
+        # every unit's projection of the conditioning, for all rows in one matmul: (H, W * B, 4C * units)
+        cond_rows = None if cond_feat is None else \
+            rearrange(cond_feat, "b c h w -> h (w b) c") @ torch.cat([u_["cond_proj"] for u_ in m["units"]], 1)
+        fixed = [u_.class_emb(labels).repeat(width, 1) for u_ in prior.units] if cfg.n_classes else None
+        caches = {str(i): (torch.zeros(n, cfg.n_heads, height * width, c // cfg.n_heads, device=device, dtype=dt),
+                           torch.zeros(n, cfg.n_heads, height * width, c // cfg.n_heads, device=device, dtype=dt))
+                  for i, b in enumerate(prior.blocks) if b.attn is not None}
+        x_rows = torch.zeros(p, width + 2 * p, n, c, device=device, dtype=dt)
+        v_wins = [torch.zeros(p, width + 2 * p, n, c, device=device, dtype=dt) for _ in prior.units]
+        last_row = torch.zeros(width, n, c, device=device, dtype=dt)
+        x_prev = torch.zeros(n, c, device=device, dtype=dt)
+        for r in range(height):
+            pos = torch.tensor(r * width, device=device)
+            cols = min(COMPILE_CHUNK, width)
+            x_rows, v_wins, hb0, hb1, hb2, row_codes, row_logits, xs, h_wins, x_win, x_prev = first(
+                m, x_rows, last_row, v_wins, None if cond_rows is None else cond_rows[r], fixed, caches, x_prev,
+                pos, u[:, r, :cols], temperature, top_k, blocks, cfg.n_heads, return_logits, k)
+            chunks = [(row_codes, row_logits, xs)]
+            for c0 in range(cols, width, COMPILE_CHUNK):
+                c1 = min(c0 + COMPILE_CHUNK, width)
+                out = later(m, hb0[c0:c1], [b[c0:c1] for b in hb1], [b[c0:c1] for b in hb2], h_wins, x_win,
+                            x_prev, caches, pos + c0, u[:, r, c0:c1], temperature, top_k, blocks, cfg.n_heads,
+                            return_logits)
+                chunks.append(out[:3])
+                h_wins, x_win, x_prev = out[3:]
+            codes[:, r] = torch.cat([ch[0] for ch in chunks], 1)
+            if all_logits is not None:
+                all_logits[:, :, r] = torch.cat([ch[1] for ch in chunks], 2)
+            last_row = torch.cat([ch[2] for ch in chunks])
+            if on_row is not None:
+                on_row(width)
+    return (codes, all_logits) if return_logits else codes
+
+
 # hierarchy: top prior first, each lower prior conditioned on every level above
 
 def sample_hierarchy(priors: Sequence[PixelSNAIL], n: int, labels: torch.Tensor | None = None,
@@ -284,7 +490,7 @@ def sample_hierarchy(priors: Sequence[PixelSNAIL], n: int, labels: torch.Tensor 
     given per level. Batches of `batch_size` are sampled one after another (all levels each).
     `given` holds the codes of the first len(given) levels (each (n, H_l, W_l)): those are kept and
     only the levels below them are sampled, conditioned on them (how `vqvae2 vary` resamples detail)."""
-    samplers = {"cached": sample_cached, "reference": sample_reference}
+    samplers = {"cached": sample_cached, "reference": sample_reference, "compiled": sample_compiled}
     if sampler not in samplers:
         raise ValueError(f"sampler must be one of {sorted(samplers)}, got {sampler!r}")
     fn = samplers[sampler]
