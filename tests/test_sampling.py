@@ -54,6 +54,14 @@ def test_compiled_equals_reference_over_a_hierarchy(monkeypatch):
         assert torch.equal(a, b)
     assert len(torch.unique(compiled[1])) > 1
     assert all(p.training for p in levels)
+    # its per-step logits (a graph of their own) are those of a teacher-forced forward
+    top, bottom = levels
+    codes, logits = sampling.sample_compiled(bottom, 5, cond=[compiled[0]], labels=labels, temperature=0.6,
+                                             top_k=3, generator=torch.Generator().manual_seed(4), return_logits=True)
+    with torch.no_grad():
+        forced = bottom.eval()(codes, [compiled[0]], labels)
+    assert logits.shape == (5, 9, 4, 6)
+    torch.testing.assert_close(logits, forced, atol=1e-4, rtol=0)
 
 
 def test_samplers_follow_weight_updates():
