@@ -68,7 +68,7 @@ def stage_sample(cfg: PipelineConfig, run: RunDir, png_dir=None, force: bool = T
         return
     info = sample.sample_stage(cfg, run, png_dir=png_dir)
     if info:
-        _log(f"[samples] {info['n']} samples -> {run.samples}/samples.npz, {run.samples}/grid.png")
+        _log(f"[samples] {info['n']} samples -> {', '.join(info['outputs'])}, {run.samples}/grid.png")
 
 
 def stage_classifier(cfg: PipelineConfig, run: RunDir, force: bool = False) -> None:
