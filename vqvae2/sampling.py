@@ -144,8 +144,9 @@ def _weight_matrices(prior: PixelSNAIL) -> dict:
     c = prior.config.channels
     units = [dict(v_conv=_mat(u.v_conv), v_conv_b=u.v_conv.bias, v_out=_mat(u.v_out), v_out_b=u.v_out.bias,
                   h_from_v=_mat(u.h_from_v), h_conv=_mat(u.h_conv), h_conv_b=u.h_conv.bias, h_out=_mat(u.h_out),
-                  h_out_b=u.h_out.bias, cond_proj=_mat(u.cond_proj) if u.cond_proj is not None else None)
-             for u in prior.units]
+                  h_out_b=u.h_out.bias) for u in prior.units]
+    # every unit's conditioning projection side by side: one matmul per row projects for all units
+    cond_proj = torch.cat([_mat(u.cond_proj) for u in prior.units], 1) if prior.config.cond_shapes else None
     attn = {}
     for i, block in enumerate(prior.blocks):
         if block.attn is not None:
@@ -155,7 +156,7 @@ def _weight_matrices(prior: PixelSNAIL) -> dict:
                                 bg=(prior.background[0] @ a.qkv.weight[:, 2 * c:].t() + a.qkv.bias).contiguous(),  # (HW, 3C)
                                 w_out=a.out.weight.t().contiguous(), b_out=a.out.bias)
     return dict(embed=prior.embed.weight, stem_v=_mat(prior.stem_v), stem_v_b=prior.stem_v.bias,
-                stem_h=_mat(prior.stem_h), stem_h_b=prior.stem_h.bias, units=units, attn=attn,
+                stem_h=_mat(prior.stem_h), stem_h_b=prior.stem_h.bias, units=units, attn=attn, cond_proj=cond_proj,
                 head_w=prior.head.weight[:, :, 0, 0].t().contiguous(), head_b=prior.head.bias)
 
 
@@ -180,25 +181,16 @@ class _CachedPixelSNAIL:
         weight = prior.embed.weight
         dev, dt = weight.device, weight.dtype
         self.embed = weight
-        m = _matrices(prior)
-        self.stem_v, self.stem_v_b = m["stem_v"], prior.stem_v.bias
-        self.stem_h, self.stem_h_b = m["stem_h"], prior.stem_h.bias
+        self.m = m = _matrices(prior)
+        self.stem_h = m["stem_h"]
         self.units = prior.units
-        self.v_conv = [u["v_conv"] for u in m["units"]]
-        self.v_out = [u["v_out"] for u in m["units"]]
-        self.h_from_v = [u["h_from_v"] for u in m["units"]]
-        self.cond_proj = [u["cond_proj"] for u in m["units"]]
         self.h_conv = [u["h_conv"] for u in m["units"]]
         self.h_out = [u["h_out"] for u in m["units"]]
-        # biases of every unit that are fixed for the whole batch: (B, 4C) class embedding, repeated per column
-        self.fixed = [u.class_emb(labels).repeat(w, 1) if u.class_emb is not None else None for u in self.units]
-        self.cond_rows = None if cond_feat is None else rearrange(cond_feat, "b c h w -> h (w b) c").contiguous()
-        # windows, channel-last with p zero columns each side: embedded rows above (stem), silu(v) of the
-        # last p+1 rows per unit
-        # (rows are written in place: row r of the image is row r + p of a buffer; p zero rows on top)
-        h_all = cfg.height + p
-        self.x_rows = torch.zeros(h_all, w + 2 * p, n, c, device=dev, dtype=dt)
-        self.v_rows = [torch.zeros(h_all, w + 2 * p, n, c, device=dev, dtype=dt) for _ in self.units]
+        self.cond_rows, self.fixed = _row_conditioning(prior, m, cond_feat, labels)
+        # windows, channel-last with p zero columns each side: embedded codes of the p rows above (stem),
+        # silu of each unit's v input on those rows
+        self.x_rows = torch.zeros(p, w + 2 * p, n, c, device=dev, dtype=dt)
+        self.v_wins = [torch.zeros(p, w + 2 * p, n, c, device=dev, dtype=dt) for _ in self.units]
         # current row, channel-last with p zero columns on the left: embedded codes, silu(h) per unit
         self.x_cur = torch.zeros(n, w + p, c, device=dev, dtype=dt)
         self.h_cur = [torch.zeros(n, w + p, c, device=dev, dtype=dt) for _ in self.units]
@@ -218,26 +210,12 @@ class _CachedPixelSNAIL:
 
     def start_row(self, r: int) -> None:
         """Compute the v stream of row r for every unit and the h-stream biases of row r."""
-        n, c, p, w = self.n, self.c, self.p, self.width
+        p = self.p
         if r > 0:  # the finished row r-1
-            self.x_rows[p + r - 1, p:p + w] = rearrange(self.x_cur[:, p:], "b w c -> w b c")
-        v = torch.addmm(self.stem_v_b, _row_windows(self.x_rows[r:r + p], self.k), self.stem_v)  # rows r-p..r-1: (W * B, C)
-        self.h_bias0 = (v + self.stem_h_b).view(w, n, c)
-        self.h_bias1, self.h_bias2 = [], []
-        for i, unit in enumerate(self.units):
-            buf = self.v_rows[i]
-            buf[p + r, p:p + w] = F.silu(v).view(w, n, c)
-            a = F.silu(torch.addmm(unit.v_conv.bias, _row_windows(buf[r:r + p + 1], self.k), self.v_conv[i]))
-            b = torch.addmm(unit.v_out.bias, a, self.v_out[i])  # (W * B, 2C)
-            extra = None if self.cond_proj[i] is None else self.cond_rows[r] @ self.cond_proj[i]  # (W * B, 4C)
-            if self.fixed[i] is not None:
-                extra = self.fixed[i] if extra is None else extra + self.fixed[i]
-            ev, eh = (None, None) if extra is None else extra.chunk(2, dim=1)
-            v = v + F.glu(b if ev is None else b + ev, dim=1)
-            b1 = torch.addmm(unit.h_conv.bias, F.silu(v), self.h_from_v[i])
-            self.h_bias1.append(b1.view(w, n, c))
-            b2 = unit.h_out.bias if eh is None else eh + unit.h_out.bias
-            self.h_bias2.append(b2.expand(w * n, 2 * c).reshape(w, n, 2 * c))
+            row = F.pad(rearrange(self.x_cur[:, p:], "b w c -> 1 w b c"), (0, 0, 0, 0, p, p))
+            self.x_rows = torch.cat([self.x_rows[1:], row])
+        self.h_bias0, self.h_bias1, self.h_bias2, self.v_wins = _v_row(
+            self.m, self.x_rows, self.v_wins, None if self.cond_rows is None else self.cond_rows[r], self.fixed, self.k)
 
     def step(self, r: int, col: int) -> torch.Tensor:
         """(B, K) logits at (r, col), given the codes at all earlier positions."""
@@ -314,11 +292,22 @@ def _row_windows(rows: torch.Tensor, k: int) -> torch.Tensor:
     return rearrange(rows.unfold(1, k, 1), "r w b c k -> (w b) (r k c)")
 
 
+def _row_conditioning(prior: PixelSNAIL, m: dict, cond_feat: torch.Tensor | None, labels: torch.Tensor | None):
+    """What the v stream adds per row that no code decides: the higher levels' features channel-last per
+    row ((H, W * B, cond channels) or None; each row is projected for every unit at once by `_v_row`,
+    not all rows up front, which would hold H x W x B x 4C x units values: 2 GB for the ffhq256 bottom
+    prior at batch 16), and each unit's class embedding repeated per column ([(W * B, 4C)] or None)."""
+    width = prior.config.width
+    cond_rows = None if cond_feat is None else rearrange(cond_feat, "b c h w -> h (w b) c").contiguous()
+    fixed = [u.class_emb(labels).repeat(width, 1) for u in prior.units] if prior.config.n_classes else None
+    return cond_rows, fixed
+
+
 def _v_row(m: dict, x_rows: torch.Tensor, v_wins: list[torch.Tensor], cond_row: torch.Tensor | None,
            fixed: list[torch.Tensor] | None, k: int):
-    """The v stream of one row (as `_CachedPixelSNAIL.start_row`), functionally: x_rows (p, W + 2p, B, C)
+    """The v stream of one row (both cached samplers), functionally: x_rows (p, W + 2p, B, C)
     holds the embedded codes of the p rows above, v_wins[i] silu of unit i's v input on those rows,
-    cond_row (W * B, 4C * units) every unit's projected conditioning on this row.
+    cond_row (W * B, cond channels) the higher levels' features on this row.
     Returns the h-stream biases (W, B, C), [(W, B, C)], [(W, B, 2C)] and the windows for the next row."""
     p = k // 2
     _, wp, n, c = x_rows.shape
@@ -326,12 +315,13 @@ def _v_row(m: dict, x_rows: torch.Tensor, v_wins: list[torch.Tensor], cond_row: 
     v = torch.addmm(m["stem_v_b"], _row_windows(x_rows, k), m["stem_v"])
     hb0 = (v + m["stem_h_b"]).view(w, n, c)
     hb1, hb2, new_wins = [], [], []
+    proj = None if cond_row is None else cond_row @ m["cond_proj"]  # every unit's conditioning: (W * B, 4C * units)
     for i, u in enumerate(m["units"]):
         win = torch.cat([v_wins[i], F.pad(F.silu(v).view(1, w, n, c), (0, 0, 0, 0, p, p))])
         new_wins.append(win[1:])
         a = F.silu(torch.addmm(u["v_conv_b"], _row_windows(win, k), u["v_conv"]))
         b = torch.addmm(u["v_out_b"], a, u["v_out"])
-        extra = None if cond_row is None else cond_row[:, 4 * c * i:4 * c * (i + 1)]
+        extra = None if proj is None else proj[:, 4 * c * i:4 * c * (i + 1)]
         if fixed is not None:
             extra = fixed[i] if extra is None else extra + fixed[i]
         ev, eh = (None, None) if extra is None else extra.chunk(2, dim=1)
@@ -444,11 +434,7 @@ def sample_compiled(prior: PixelSNAIL, n: int, cond: list[torch.Tensor] | None =
     with _eval_mode(prior), _cpu_threads_for(device, n * width * c):
         m = _matrices(prior)
         dt = m["embed"].dtype
-        cond_feat = prior.cond_features(cond)
-        # every unit's projection of the conditioning, for all rows in one matmul: (H, W * B, 4C * units)
-        cond_rows = None if cond_feat is None else \
-            rearrange(cond_feat, "b c h w -> h (w b) c") @ torch.cat([u_["cond_proj"] for u_ in m["units"]], 1)
-        fixed = [u_.class_emb(labels).repeat(width, 1) for u_ in prior.units] if cfg.n_classes else None
+        cond_rows, fixed = _row_conditioning(prior, m, prior.cond_features(cond), labels)
         caches = {str(i): (torch.zeros(n, cfg.n_heads, height * width, c // cfg.n_heads, device=device, dtype=dt),
                            torch.zeros(n, cfg.n_heads, height * width, c // cfg.n_heads, device=device, dtype=dt))
                   for i, b in enumerate(prior.blocks) if b.attn is not None}
