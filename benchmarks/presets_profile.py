@@ -73,7 +73,7 @@ def measure(preset: str, stage: str, batch: int, steps: int, checkpointing: bool
                 return (o.recon.float() - x).pow(2).mean() + o.latent_loss
         else:
             level = stage.split("-", 2)[2]
-            tcfg, pcfg = cfg.train_prior, prior_config(cfg, level, meta)
+            tcfg, pcfg = cfg.prior_train(level), prior_config(cfg, level, meta)
             model = PixelSNAIL(pcfg)
             batch_codes = (torch.randint(0, 10, (batch,), generator=g) % max(1, pcfg.n_classes),
                            torch.randint(0, pcfg.codebook_size, (batch, pcfg.height, pcfg.width), generator=g),

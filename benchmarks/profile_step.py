@@ -36,7 +36,7 @@ def build(model_name: str, preset: str, overrides: list[str]):
                        generator=g) * 2 - 1
         return model, tcfg, (x, torch.zeros(len(x), dtype=torch.long)), vqvae_loss
     level = model_name.split("-", 1)[1]
-    tcfg = cfg.train_prior
+    tcfg = cfg.prior_train(level)
     meta = {"levels": cfg.vqvae.levels, "grid_sizes": cfg.vqvae.grid_sizes(), "codebook_size": cfg.vqvae.codebook_size,
             "num_classes": 10}
     pcfg = prior_config(cfg, level, meta)

@@ -154,10 +154,21 @@ class PipelineConfig:
         for level in self.prior:
             if level not in self.vqvae.levels:
                 raise ValueError(f"prior.{level}: unknown level {level!r}; the VQ-VAE's levels are {self.vqvae.levels}")
+            self.prior_train(level)  # a bad [prior.<level>.train] key or value is an error now, not at its stage
         for key, t in (("sample.temperature", self.sample.temperature), ("eval.temperature", self.eval.temperature)):
             _check(not isinstance(t, list) or len(t) == len(self.vqvae.levels),
                    f"{key} has {len(t) if isinstance(t, list) else 1} values but the VQ-VAE has "
                    f"{len(self.vqvae.levels)} levels {self.vqvae.levels}: give one number, or one per level, top first")
+
+    def prior_train(self, level: str) -> TrainConfig:
+        """The training settings of one level's prior: [train_prior] with the level's own
+        [prior.<level>.train] table on top (e.g. more steps for the level whose samples need them)."""
+        own = self.prior.get(level, {}).get("train", {})
+        if not isinstance(own, dict):
+            raise ValueError(f"prior.{level}.train must be a table of [train_prior] options, got {own!r}")
+        if not own:
+            return self.train_prior
+        return from_dict(TrainConfig, {**to_dict(self.train_prior), **own}, where=f"prior.{level}.train.")
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)

@@ -14,7 +14,7 @@ from vqvae2.vqvae import VQVAE2
 
 from .artifacts import RunDir, hash_config, read_json, write_json
 from .codes import CodesDataset, first_codes, read_codes_meta
-from .config import PipelineConfig
+from .config import UNHASHED_TRAIN_OPTIONS, PipelineConfig
 from .images import grid_image, to_uint8
 from .train import make_accelerator, train
 from .watch import Watcher
@@ -28,6 +28,7 @@ def prior_config(cfg: PipelineConfig, level: str, codes_meta: dict) -> PixelSNAI
     if level not in codes_meta["levels"]:
         raise ValueError(f"unknown level {level!r}: the VQ-VAE's levels are {codes_meta['levels']}")
     settings = dict(cfg.prior.get(level, {}))
+    settings.pop("train", None)  # the level's training settings (PipelineConfig.prior_train), not the model's
     for key in DERIVED:
         if key in settings:
             raise ValueError(f"prior.{level}.{key} is set from the codes and cannot be configured")
@@ -44,7 +45,12 @@ def prior_config(cfg: PipelineConfig, level: str, codes_meta: dict) -> PixelSNAI
 
 def stage_hash(cfg: PipelineConfig, run: RunDir, level: str) -> str:
     meta = read_codes_meta(run)
-    return hash_config({"codes": meta["config_hash"], "prior": cfg.prior.get(level, {}),
+    prior = dict(cfg.prior.get(level, {}))
+    if "train" in prior:  # as for [train_prior]: options that only watch a run or save memory are left out
+        prior["train"] = {k: v for k, v in prior["train"].items() if k not in UNHASHED_TRAIN_OPTIONS}
+        if not prior["train"]:
+            del prior["train"]
+    return hash_config({"codes": meta["config_hash"], "prior": prior,
                         "train": cfg.hash_dict("train_prior")["train_prior"], "level": level})
 
 
@@ -53,11 +59,18 @@ def _split(batch, n_classes: int):
     return target, cond, (labels if n_classes > 0 else None)
 
 
+def flat_logits(logits: torch.Tensor) -> torch.Tensor:
+    """(B, K, H, W) logits as fp32 (B*H*W, K) rows. With the channels-last layout the priors train in,
+    the rows are already contiguous, and cross-entropy over contiguous rows is 2-3x faster than over
+    dim 1 of a channels-last tensor (measured, 128 x 512 x 4 x 4 from bf16: 1.4 ms against 2.5 ms)."""
+    return logits.permute(0, 2, 3, 1).reshape(-1, logits.shape[1]).float()
+
+
 def prior_loss(model, batch):
     inner = getattr(model, "module", model)
     target, cond, labels = _split(batch, inner.config.n_classes)
     logits = model(target, cond=cond, labels=labels)
-    loss = F.cross_entropy(logits.float(), target)
+    loss = F.cross_entropy(flat_logits(logits), target.reshape(-1))
     return loss, {"nll_bits": loss.detach() / math.log(2)}
 
 
@@ -70,7 +83,7 @@ def evaluate_prior(model: PixelSNAIL, dataset, batch_size: int = 256, max_batche
         if max_batches and b >= max_batches:
             break
         target, cond, labels = _split(tuple(t.to(device) for t in batch), model.config.n_classes)
-        logits = model(target, cond=cond, labels=labels).float()
+        logits, target = flat_logits(model(target, cond=cond, labels=labels)), target.reshape(-1)
         nll += F.cross_entropy(logits, target, reduction="sum").item()
         correct += (logits.argmax(1) == target).sum().item()
         n += target.numel()
@@ -99,7 +112,7 @@ def teacher_forced_grid(prior: PixelSNAIL, vqvae: VQVAE2, codes: list[torch.Tens
 def prior_watcher(cfg: PipelineConfig, run: RunDir, level: str, val_set, acc) -> Watcher:
     """Validation points (NLL bits, accuracy) and, with image_every, a teacher-forced picture of the
     prior's samples (the VQ-VAE is loaded for it, on the main process only)."""
-    tcfg = cfg.train_prior
+    tcfg = cfg.prior_train(level)
 
     def validate(model):
         return val_record(evaluate_prior(model, val_set, max_batches=tcfg.val_batches, device=acc.device))
@@ -116,26 +129,27 @@ def train_prior(cfg: PipelineConfig, run: RunDir, level: str, stop_after: int | 
     meta = read_codes_meta(run)
     pcfg = prior_config(cfg, level, meta)
     train_set, val_set = CodesDataset(run, "train", level), CodesDataset(run, "val", level)
-    acc = make_accelerator(cfg.train_prior, run.prior(level))
+    tcfg = cfg.prior_train(level)
+    acc = make_accelerator(tcfg, run.prior(level))
     h = stage_hash(cfg, run, level)
-    torch.manual_seed(cfg.train_prior.seed)
+    torch.manual_seed(tcfg.seed)
     model = PixelSNAIL(pcfg)
-    model.checkpointing = cfg.train_prior.activation_checkpointing
+    model.checkpointing = tcfg.activation_checkpointing
     per_item = pcfg.height * pcfg.width
     watch = prior_watcher(cfg, run, level, val_set, acc)
-    result = train(model, train_set, cfg.train_prior, run.prior(level), prior_loss, {"config_hash": h},
+    result = train(model, train_set, tcfg, run.prior(level), prior_loss, {"config_hash": h},
                    accelerator=acc, items_per_batch=lambda batch: len(batch[0]) * per_item,
                    desc=f"train-prior {level}", stop_after=stop_after, watch=watch)
-    if stop_after is not None and result.steps < cfg.train_prior.steps:
+    if stop_after is not None and result.steps < tcfg.steps:
         return None
     if not acc.is_main_process:
         acc.wait_for_everyone()
         return None
-    metrics = evaluate_prior(result.model, val_set, max_batches=cfg.train_prior.val_batches, device=acc.device)
+    metrics = evaluate_prior(result.model, val_set, max_batches=tcfg.val_batches, device=acc.device)
     watch.finish(result.steps, val_record(metrics))
     metrics.update(config_hash=h, level=level, steps=result.steps, processes=len(result.rank_hashes or [0]),
                    rank_hashes=result.rank_hashes, codes_per_second=result.items_per_second,
-                   n_params=sum(p.numel() for p in result.model.parameters()), ema_weights=cfg.train_prior.ema_decay > 0)
+                   n_params=sum(p.numel() for p in result.model.parameters()), ema_weights=tcfg.ema_decay > 0)
     result.model.save_pretrained(run.prior(level), extra={"config_hash": h, "vqvae_hash": meta["vqvae_hash"]})
     write_json(run.prior(level) / "metrics.json", metrics)
     acc.wait_for_everyone()

@@ -155,7 +155,7 @@ def _codes(cfg: PipelineConfig, run: RunDir, root: str) -> StageStatus:
 def _prior(cfg: PipelineConfig, run: RunDir, root: str, level: str) -> StageStatus:
     from .stage2 import stage_hash
     return _training(f"prior-{level}", {level: run.prior(level)}, _expected(lambda: stage_hash(cfg, run, level)),
-                     cfg.train_prior.steps, f"vqvae2 train-prior --run-dir {root} --level {level}",
+                     cfg.prior_train(level).steps, f"vqvae2 train-prior --run-dir {root} --level {level}",
                      lambda m: (f"NLL {m['nll_bits']:.3f} bits/code, accuracy {m['accuracy']:.3f}",
                                 {"nll_bits": m["nll_bits"], "accuracy": m["accuracy"]}))
 

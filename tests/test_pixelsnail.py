@@ -75,7 +75,7 @@ def test_convolutions_alone_are_causal_and_reach_up_right():
 
 @pytest.mark.parametrize("length", [16, 300])
 def test_plain_bf16_attention_equals_the_fused_kernel(length):
-    """The short bf16 sequences take plain matmuls instead of torch's fused kernel: same causal result."""
+    """bf16 attention on CPU takes plain matmuls (mask as a bias) instead of torch's fused kernel: same causal result."""
     from vqvae2.pixelsnail import causal_attention
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 3, length, 8, requires_grad=True) for _ in range(3))
@@ -89,6 +89,31 @@ def test_plain_bf16_attention_equals_the_fused_kernel(length):
     v_changed[:, :, -1] = 100.0
     changed = causal_attention(q.detach().bfloat16(), k.detach().bfloat16(), v_changed.bfloat16())
     assert torch.equal(changed[:, :, :-1], got.detach()[:, :, :-1])  # the last value moves no earlier output
+
+
+def test_dropout_masks_at_rate_p_scales_and_repeats_with_the_generator():
+    from vqvae2.pixelsnail import Dropout
+    d = Dropout(0.25).train()
+    x = torch.randn(64, 32, 8, 8).to(memory_format=torch.channels_last).requires_grad_()
+    torch.manual_seed(0)
+    y = d(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.75) < 0.01
+    assert torch.allclose(y[kept], x[kept] / 0.75)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    y.sum().backward()
+    assert torch.allclose(x.grad, kept.float() / 0.75)  # the gradient goes through the kept elements only
+    torch.manual_seed(0)
+    assert torch.equal(d(x), y)  # same generator state, same mask: what resume and checkpointing rely on
+    assert d.eval()(x) is x and Dropout(0.0).train()(x) is x
+
+
+def test_prior_loss_over_flat_rows_equals_cross_entropy_over_channels():
+    from pipelines.stage2 import prior_loss
+    prior = model().to(memory_format=torch.channels_last)
+    codes, cond, labels = inputs(b=3)
+    loss, _ = prior_loss(prior, (labels, codes, *cond))
+    assert torch.allclose(loss, F.cross_entropy(prior(codes, cond, labels), codes), atol=1e-6)
 
 
 def test_shapes_forward_backward_and_bf16_autocast():

@@ -100,6 +100,23 @@ def test_killed_sampling_resumes_with_only_the_missing_batches(trained_run, monk
     assert np.array_equal(np.load(trained_run.samples / "samples.npz")["arr_0"], whole)
 
 
+def test_one_level_trains_with_its_own_settings(trained_run, tmp_path, capsys):
+    """[prior.<level>.train] overrides [train_prior] for that level only: its stage trains again with its
+    own steps while the other level stays up to date; an option that only watches a run (val_every)
+    restarts nothing; a bad key is an error naming the level's table."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run.root, run)
+    capsys.readouterr()
+    assert _cli("run", "--run-dir", str(run), "--until", "priors", overrides=["prior.bottom.train.steps=6"]) == 0
+    assert "[prior-top] up to date" in capsys.readouterr().out
+    steps = {lv: json.loads((run / f"prior-{lv}" / "metrics.json").read_text())["steps"] for lv in ("top", "bottom")}
+    assert steps == {"top": 4, "bottom": 6}
+    assert _cli("run", "--run-dir", str(run), "--until", "priors", overrides=["prior.bottom.train.val_every=2"]) == 0
+    assert "[prior-bottom] up to date" in capsys.readouterr().out
+    assert _cli("run", "--run-dir", str(run), "--until", "priors", overrides=["prior.bottom.train.stepz=3"]) == 2
+    assert "prior.bottom.train.stepz" in capsys.readouterr().err
+
+
 @pytest.mark.reliability
 def test_bad_sampling_requests_are_clear_errors(trained_run, capsys):
     """--class outside the model's classes, --n 0, unknown --level -> error naming the value and what is accepted"""

@@ -60,6 +60,43 @@ def conv1x1(cin: int, cout: int, bias: bool = True) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, 1, bias=bias)
 
 
+# dropout with one cheap mask
+
+class _ScaleMask(torch.autograd.Function):
+    """x * m where m is 0 or 1 / (1 - p) per element: the mask is drawn once (uniform fp32 >= p) and
+    kept in x's dtype, and the backward is one product. Twice as fast as nn.Dropout on CPU for the
+    activations here (its bernoulli_ draw dominates; measured forward + backward, 32 x 128 x 16 x 16:
+    2.6-2.7 ms against 5.1-6.0 ms)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
+        scale = torch.rand_like(x, dtype=torch.float32).ge_(p).to(x.dtype).mul_(1.0 / (1.0 - p))
+        ctx.save_for_backward(scale)
+        return x * scale
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (scale,) = ctx.saved_tensors
+        return grad * scale, None
+
+
+class Dropout(nn.Module):
+    """nn.Dropout's semantics (identity in eval mode or at p = 0) with a cheaper mask; the draws come
+    from torch's global generator, so a resumed run or a checkpointed recompute sees the same masks."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        return _ScaleMask.apply(x, self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
 # gated residual unit over both streams
 
 class GatedResidual(nn.Module):
@@ -75,7 +112,7 @@ class GatedResidual(nn.Module):
         self.h_conv = RightShiftedConv(c, c, k // 2 + 1)
         self.h_from_v = conv1x1(c, c, bias=False)
         self.h_out = conv1x1(c, 2 * c)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.class_emb = nn.Embedding(n_classes, 4 * c) if n_classes else None
         self.cond_proj = conv1x1(cond_in, 4 * c, bias=False) if cond_in else None
 
@@ -106,14 +143,17 @@ class GatedResidual(nn.Module):
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """softmax(q k^T / sqrt(d) + causal mask) v over (B, heads, L, d). torch's fused CPU kernel is fastest
-    in fp32 and for long sequences, but its bf16 backward is ~10x slower than plain matmuls for the
-    short sequences of code grids (measured: L = 16, bf16, 15 ms against 1.4 ms), so those take the plain path."""
-    L = q.shape[-2]
-    if q.device.type != "cpu" or q.dtype == torch.float32 or L > 256:
+    in fp32, but its bf16 backward is 2-10x slower than plain batched matmuls for the sequences of code
+    grids (measured, forward + backward, bf16: L = 16, 16.6 ms against 1.4 ms; L = 256, 37 ms against
+    23 ms). The plain path folds the scale into q and adds the mask as a bias inside the first product
+    (baddbmm), which beats a separate scale and masked_fill by 30% at L = 256."""
+    if q.device.type != "cpu" or q.dtype == torch.float32:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5  # (B, nh, L, L)
-    mask = torch.ones(L, L, dtype=torch.bool, device=q.device).triu_(1)
-    return scores.masked_fill(mask, float("-inf")).softmax(-1) @ v
+    *batch, L, d = q.shape
+    bias = torch.full((L, L), float("-inf"), dtype=q.dtype, device=q.device).triu_(1)
+    scores = torch.baddbmm(bias.expand(q[..., 0, 0].numel(), L, L), (q * d ** -0.5).reshape(-1, L, d),
+                           k.reshape(-1, L, d).transpose(-1, -2))
+    return (scores.softmax(-1) @ v.reshape(-1, L, d)).view(*batch, L, d)
 
 
 class CausalAttention(nn.Module):
