@@ -61,9 +61,11 @@ def _check_data(cfg: PipelineConfig) -> None:
 
 
 def _check_precision(cfg: PipelineConfig, stages: list[str]) -> None:
+    # each prior is checked with the settings it trains with: [train_prior] or its own [prior.<level>.train]
+    priors = [("priors", f"prior.{lv}.train" if "train" in cfg.prior.get(lv, {}) else "train_prior", cfg.prior_train(lv))
+              for lv in cfg.vqvae.levels]
     sections = [("vqvae", "train_vqvae", cfg.train_vqvae), ("classifier", "train_classifier", cfg.train_classifier),
-                ("priors", "train_prior", cfg.train_prior),
-                *[("priors", f"prior.{lv}.train", cfg.prior_train(lv)) for lv in cfg.prior if "train" in cfg.prior[lv]]]
+                *priors]
     for stage, section, tcfg in sections:
         if stage in stages and tcfg.mixed_precision == "fp16" and not torch.cuda.is_available():
             raise PreflightError(f"{section}.mixed_precision='fp16' needs a GPU and none is visible; use 'bf16' or 'no'")

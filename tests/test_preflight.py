@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from pipelines.cli import main
@@ -87,3 +88,19 @@ def test_unlabelled_folder_runs_end_to_end_with_inception(tmp_path, monkeypatch,
     assert report["provenance"]["rejection"].startswith("none: the data has no class labels")
     assert report["fd_label"].startswith("FD-inception (non-standard weights")
     assert any("acceptance rates [0.5] were skipped" in w for w in report["warnings"])
+
+
+def test_fp16_without_a_gpu_is_refused_naming_the_section_that_sets_it(tmp_path):
+    """A prior's own [prior.<level>.train] table is what its stage trains with, so its precision is
+    the one checked; fp16 with no GPU is an error naming that table."""
+    from pipelines.config import resolve_config
+    from pipelines.preflight import PreflightError, _check_precision
+    if torch.cuda.is_available():
+        pytest.skip("fp16 is allowed where a GPU is visible")
+    cfg = resolve_config("demo", ["prior.bottom.train.mixed_precision='fp16'"])
+    with pytest.raises(PreflightError, match=r"prior\.bottom\.train\.mixed_precision='fp16'"):
+        _check_precision(cfg, ["priors"])
+    _check_precision(cfg, ["vqvae"])  # the priors do not run: nothing to refuse
+    cfg = resolve_config("demo", ["train_prior.mixed_precision='fp16'", "prior.top.train.mixed_precision='bf16'"])
+    with pytest.raises(PreflightError, match=r"train_prior\.mixed_precision"):  # the bottom prior still uses it
+        _check_precision(cfg, ["priors"])
