@@ -62,6 +62,10 @@ def main() -> None:
     model, tcfg, batch, loss_fn = build(args.model, args.preset,
                                         [*args.overrides, f"{section}.mixed_precision='{args.precision}'"])
     acc = make_accelerator(tcfg)
+    if tcfg.channels_last:  # as pipelines/train.py lays out the model and the images
+        model = model.to(memory_format=torch.channels_last)
+        batch = tuple(t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 and t.is_floating_point() else t
+                      for t in batch)
     optimizer = make_optimizer(model, tcfg)
     model, optimizer = acc.prepare(model, optimizer)
     model.train()
@@ -84,7 +88,7 @@ def main() -> None:
             step()
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))
     print(f"{args.model} {args.precision}: {plain * 1000:.1f} ms per step without the profiler "
-          f"(batch {tcfg.batch_size}, {torch.get_num_threads()} threads)")
+          f"(batch {tcfg.batch_size}, {torch.get_num_threads()} threads, channels_last={tcfg.channels_last})")
 
 
 if __name__ == "__main__":

@@ -40,28 +40,64 @@ def test_cached_equals_reference_over_a_hierarchy(temperature, top_k, cond_upsam
         assert torch.equal(cached[0], top.eval()(cached[0], labels=labels).argmax(1))
 
 
-def test_compiled_equals_reference_over_a_hierarchy(monkeypatch):
+@pytest.fixture
+def threads(request):
+    """torch's intra-op thread count set to request.param for the test, restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("threads", [1, 2], indirect=True)
+def test_compiled_equals_reference_over_a_hierarchy(monkeypatch, threads):
     """sample.sampler=compiled (torch.compile of each row's work): the reference's codes, also when a row is
-    sampled in several compiled chunks (the bottom's rows of 6 in chunks of 4 and 2)."""
+    sampled in several compiled chunks (the bottom's rows of 6 in chunks of 4 and 2), and when the batch is
+    sampled in shards, one per CPU thread (on 2 threads: 4 samples in two shards of 2)."""
     import vqvae2.sampling as sampling
     monkeypatch.setattr(sampling, "COMPILE_CHUNK", 4)
+    shard_sizes, rows_reported = [], []
+    row_loop = sampling._sample_rows_compiled
+
+    def spy(prior, m, cond_feat, labels, u, *rest):
+        shard_sizes.append(len(u))
+        return row_loop(prior, m, cond_feat, labels, u, *rest)
+
+    monkeypatch.setattr(sampling, "_sample_rows_compiled", spy)
     levels = priors()
-    labels = torch.tensor([0, 1, 2, 1, 0])
-    run = lambda sampler: sample_hierarchy(levels, 5, labels=labels, temperature=0.6, top_k=3,  # noqa: E731
-                                           sampler=sampler, generator=torch.Generator().manual_seed(3))
+    n = 5 if threads == 1 else 4
+    labels = torch.tensor([0, 1, 2, 1, 0])[:n]
+    run = lambda sampler, **kw: sample_hierarchy(levels, n, labels=labels, temperature=0.6, top_k=3,  # noqa: E731
+                                                 sampler=sampler, generator=torch.Generator().manual_seed(3), **kw)
     ref, compiled = run("reference"), run("compiled")
+    assert shard_sizes == ([5, 5] if threads == 1 else [2, 2, 2, 2])
     for a, b in zip(ref, compiled):
         assert torch.equal(a, b)
+    # progress: every row of every level counted once for the whole batch (one shard reports the rows)
+    monkeypatch.setattr("tqdm.auto.tqdm.update", lambda bar, k=1: rows_reported.append(k))
+    assert all(torch.equal(a, b) for a, b in zip(run("compiled", progress=True), compiled))
+    assert sum(rows_reported) == n * (2 * 3 + 4 * 6)
     assert len(torch.unique(compiled[1])) > 1
     assert all(p.training for p in levels)
     # its per-step logits (a graph of their own) are those of a teacher-forced forward
     top, bottom = levels
-    codes, logits = sampling.sample_compiled(bottom, 5, cond=[compiled[0]], labels=labels, temperature=0.6,
+    codes, logits = sampling.sample_compiled(bottom, n, cond=[compiled[0]], labels=labels, temperature=0.6,
                                              top_k=3, generator=torch.Generator().manual_seed(4), return_logits=True)
     with torch.no_grad():
         forced = bottom.eval()(codes, [compiled[0]], labels)
-    assert logits.shape == (5, 9, 4, 6)
+    assert logits.shape == (n, 9, 4, 6)
     torch.testing.assert_close(logits, forced, atol=1e-4, rtol=0)
+
+
+def test_compiled_sampler_shards_small_priors_one_per_thread(monkeypatch):
+    import vqvae2.sampling as sampling
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    cpu = torch.device("cpu")
+    assert sampling._shards(cpu, 5, 5 * 8 * 64) == [(0, 2), (2, 5)]
+    assert sampling._shards(cpu, 3, 3 * 8 * 64) == [(0, 3)]  # fewer than two samples per thread
+    assert sampling._shards(cpu, 256, 256 * 8 * 64) == [(0, 256)]  # a large row pass keeps torch's threads
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert sampling._shards(cpu, 16, 16 * 8 * 64) == [(0, 16)]
 
 
 def test_samplers_follow_weight_updates():
