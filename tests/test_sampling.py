@@ -113,6 +113,10 @@ def test_samplers_follow_weight_updates():
     after = run(sample_cached)
     assert torch.equal(after, run(sample_reference))
     assert not torch.equal(after, run(sample_reference, untouched))  # the step changed the samples
+    with torch.no_grad():  # a parameter assigned anew (not updated in place) is seen too
+        top.head.weight = torch.nn.Parameter(torch.randn(top.head.weight.shape, generator=torch.Generator().manual_seed(9)))
+    assigned = run(sample_cached)
+    assert torch.equal(assigned, run(sample_reference)) and not torch.equal(assigned, after)
 
 
 @pytest.mark.parametrize("threshold", [0, 10**9])

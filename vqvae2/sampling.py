@@ -134,11 +134,16 @@ _MATRICES: "weakref.WeakKeyDictionary[PixelSNAIL, tuple]" = weakref.WeakKeyDicti
 
 def _matrices(prior: PixelSNAIL) -> dict:
     """`_weight_matrices(prior)`, cached while no parameter of `prior` changes: the key holds every
-    parameter's storage, dtype and version counter (an optimizer step or a load_state_dict bumps it)."""
-    key = tuple((q.data_ptr(), q.dtype, q._version) for q in prior.parameters())
+    parameter's storage, dtype and version counter (an optimizer step or a load_state_dict bumps it).
+    The parameters are read through their modules' parameter tables, listed once per prior: walking the
+    module tree on every call cost 0.37 ms, a serial part of each level's sampling; a parameter assigned
+    anew still lands in its module's table, so it is seen."""
     hit = _MATRICES.get(prior)
+    slots = hit[2] if hit is not None else [(mod._parameters, name) for mod in prior.modules()
+                                            for name, q in mod._parameters.items() if q is not None]
+    key = tuple((q.data_ptr(), q.dtype, q._version) for q in (table[name] for table, name in slots))
     if hit is None or hit[0] != key:
-        hit = _MATRICES[prior] = (key, _weight_matrices(prior))
+        hit = _MATRICES[prior] = (key, _weight_matrices(prior), slots)
     return hit[1]
 
 
