@@ -89,6 +89,17 @@ def test_compiled_equals_reference_over_a_hierarchy(monkeypatch, threads):
     torch.testing.assert_close(logits, forced, atol=1e-4, rtol=0)
 
 
+def test_samplers_run_in_eval_mode_also_when_only_a_submodule_is_training():
+    """The samplers skip switching a prior that is wholly in eval mode; one with a submodule left in training
+    mode (its dropout active) is still switched, or the reference would drop out what the cached one does not."""
+    top = priors()[0].eval()
+    top.blocks[0].train()
+    labels = torch.tensor([0, 1, 2])
+    run = lambda fn: fn(top, 3, labels=labels, generator=torch.Generator().manual_seed(2))  # noqa: E731
+    assert torch.equal(run(sample_cached), run(sample_reference))
+    assert not any(m.training for m in top.modules())  # restored to the prior's own mode
+
+
 def test_compiled_sampler_shards_small_priors_one_per_thread(monkeypatch):
     import vqvae2.sampling as sampling
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)

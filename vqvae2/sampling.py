@@ -63,17 +63,19 @@ def _inputs(prior: PixelSNAIL, n: int, cond, labels):
 
 @contextlib.contextmanager
 def _eval_mode(module: torch.nn.Module):
-    """Eval mode and no grad inside, the module's mode restored after. A module already in eval mode is
-    left alone (switching walks every submodule: ~0.3 ms per prior, a tenth of a small prior's sampling)."""
+    """Eval mode and no grad inside, the module's mode restored after. A module wholly in eval mode already
+    is left alone: eval() and train() set every submodule's mode, 0.1 ms per prior and call (checking
+    them takes a quarter of that), serial work in sharded sampling."""
     was_training = module.training
-    if was_training:
+    switch = any(m.training for m in module.modules())
+    if switch:
         module.eval()
     try:
         with torch.no_grad():
             yield
     finally:
-        if was_training:
-            module.train()
+        if switch:
+            module.train(was_training)
 
 
 # reference sampler: one full forward pass per position
