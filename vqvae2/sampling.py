@@ -445,12 +445,13 @@ def sample_compiled(prior: PixelSNAIL, n: int, cond: list[torch.Tensor] | None =
     with _eval_mode(prior):
         m = _matrices(prior)
         _compiled_fns()  # made here, not raced for by the shards' threads
-        shards = _shards(device, n, n * cfg.width * cfg.channels)
+        row_values = n * cfg.width * cfg.channels
+        shards = _shards(device, n, row_values)
         run = lambda lo, hi, report: _sample_rows_compiled(  # noqa: E731
             prior, m, prior.cond_features(None if cond is None else [c[lo:hi] for c in cond]),
             None if labels is None else labels[lo:hi], u[lo:hi], temperature, top_k, return_logits, report)
         if len(shards) == 1:
-            with _cpu_threads_for(device, n * cfg.width * cfg.channels):
+            with _cpu_threads_for(device, row_values):
                 return _result(*run(0, n, on_row), return_logits)
         # shard 0 reports the rows (the shards move through the rows together)
         parts = list(_shard_pool(len(shards)).map(lambda i: _in_one_thread(
