@@ -6,6 +6,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from .allocator import keep_freed_memory
 from .artifacts import RunDir, read_json, write_json
 from .train import TrainingError
 from .config import ConfigNote, PipelineConfig, config_from_dict, preset_names, resolve_config
@@ -144,6 +145,7 @@ def _show_note(message, category, filename, lineno, file=None, line=None):
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.showwarning = _show_note
+    keep_freed_memory()  # before the first large tensor: see pipelines/allocator.py
     init_processes()
     run = RunDir(args.run_dir) if args.run_dir is not None else None
     code = 1  # stays 1 if an unexpected exception escapes

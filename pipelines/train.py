@@ -19,6 +19,7 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
+from .allocator import keep_freed_memory
 from .artifacts import find_training_state, load_training_state, save_training_state, truncate_jsonl
 from .config import TrainConfig
 from .datasets.prepared import loader_workers
@@ -136,6 +137,7 @@ def train(
     is an error, not silently reused. `stop_after` ends the run early without a final save (it
     stands for a kill in tests). `watch` logs, validates and draws as the run goes (see watch.py)."""
     out_dir = Path(out_dir)
+    keep_freed_memory()  # a step re-allocates the same large tensors: keep them paged in (allocator.py)
     acc = accelerator or make_accelerator(cfg, out_dir)
     watch = watch or Watcher(out_dir, cfg)
     torch.manual_seed(cfg.seed)
