@@ -108,6 +108,19 @@ def test_dropout_masks_at_rate_p_scales_and_repeats_with_the_generator():
     assert d.eval()(x) is x and Dropout(0.0).train()(x) is x
 
 
+def test_gate_is_glu_in_value_and_gradient_and_keeps_the_layout():
+    """The model's gate is written out for speed; the samplers use F.glu, so in fp32 the values must be equal."""
+    from vqvae2.pixelsnail import gate
+    x = torch.randn(4, 12, 3, 5).to(memory_format=torch.channels_last).requires_grad_()
+    g = torch.randn(4, 6, 3, 5)
+    y = gate(x)
+    assert torch.equal(y, F.glu(x, dim=1))
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    (ours,) = torch.autograd.grad(y, x, g)
+    (theirs,) = torch.autograd.grad(F.glu(x, dim=1), x, g)
+    assert torch.allclose(ours, theirs, atol=1e-6)
+
+
 def test_prior_loss_over_flat_rows_equals_cross_entropy_over_channels():
     from pipelines.stage2 import prior_loss
     prior = model().to(memory_format=torch.channels_last)

@@ -100,6 +100,15 @@ class Dropout(nn.Module):
 
 # gated residual unit over both streams
 
+def gate(x: torch.Tensor) -> torch.Tensor:
+    """F.glu(x, dim=1), written out as a * sigmoid(b): the same values in fp32, and on the channels-last
+    tensors the priors train in its backward is far cheaper than glu's (measured, forward + backward,
+    128 x 128 x 8 x 8: bf16 0.36 ms against 2.47 ms, fp32 0.71 ms against 1.13 ms). The samplers keep
+    F.glu, whose forward alone is the faster one."""
+    a, b = x.chunk(2, dim=1)
+    return a * torch.sigmoid(b)
+
+
 class GatedResidual(nn.Module):
     """v += glu(1x1(drop(silu(down_conv(silu(v))))) + extra_v)
     h += glu(1x1(drop(silu(right_conv(silu(h)) + 1x1(silu(v))))) + extra_h)
@@ -133,10 +142,10 @@ class GatedResidual(nn.Module):
         ev, eh = (None, None) if extra is None else extra.to(v.dtype).chunk(2, dim=1)
         a = self.drop(F.silu(self.v_conv(F.silu(v))))
         b = self.v_out(a)
-        v = v + F.glu(b if ev is None else b + ev, dim=1)
+        v = v + gate(b if ev is None else b + ev)
         a = self.drop(F.silu(self.h_conv(F.silu(h)) + self.h_from_v(F.silu(v))))
         b = self.h_out(a)
-        h = h + F.glu(b if eh is None else b + eh, dim=1)
+        h = h + gate(b if eh is None else b + eh)
         return v, h
 
 
