@@ -31,6 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipelines.allocator import keep_freed_memory  # noqa: E402
 from pipelines.config import resolve_config  # noqa: E402
 from pipelines.stage2 import prior_config  # noqa: E402
 from vqvae2.config import PixelSNAILConfig  # noqa: E402
@@ -171,6 +172,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    kept = keep_freed_memory()  # as the `vqvae2` command does (VQVAE2_KEEP_FREED_MEMORY=0 to compare without)
     result = {
         "fashion32": bench_fashion32(args.batch, args.top_channels, args.bottom_channels, args.seed,
                                      compiled=not args.no_compiled),
@@ -178,7 +180,7 @@ def main(argv: list[str] | None = None) -> dict:
                                  args.ref_positions, args.seed),
         "eval_path": bench_eval_path(args.eval_n, args.seed),
         "targets": {"fashion32_speedup_min": 20, "fashion32_forward_ratio_max": 2.0, "ffhq256_forward_ratio_max": 1.5},
-        "device": "cpu", "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "device": "cpu", "threads": torch.get_num_threads(), "torch": torch.__version__, "keep_freed_memory": kept,
         "processor": platform.processor() or platform.machine(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
