@@ -132,9 +132,13 @@ def test_samplers_follow_weight_updates():
 
 @pytest.mark.parametrize("threshold", [0, 10**9])
 def test_cached_equals_reference_on_the_threaded_and_the_single_thread_path(monkeypatch, threshold):
-    """Large priors sample with torch's threads, small ones on one thread: both give the reference's codes."""
+    """Large priors sample with torch's threads and their v stream's convolutions as convolutions, small ones
+    on one thread with window matmuls: both give the reference's codes."""
     import vqvae2.sampling as sampling
     monkeypatch.setattr(sampling, "_THREADED_ROW_VALUES", threshold)
+    as_convolutions = []
+    real_v_row = sampling._v_row
+    monkeypatch.setattr(sampling, "_v_row", lambda *a: as_convolutions.append(a[-1] is not None) or real_v_row(*a))
     torch.set_num_threads(2)
     seen = []
     real = torch.set_num_threads
@@ -147,6 +151,7 @@ def test_cached_equals_reference_on_the_threaded_and_the_single_thread_path(monk
     for a, b in zip(ref, cached):
         assert torch.equal(a, b)
     assert (1 in seen) == (threshold > 0)  # one thread only on the small-prior path
+    assert as_convolutions and set(as_convolutions) == {threshold == 0}
 
 
 @pytest.mark.parametrize("temperature,top_k", [(1.0, None), (0.8, 4)])
