@@ -3,10 +3,9 @@
 glibc's malloc serves a large request (above 128 KiB at first, up to 32 MiB as it adapts) with a
 fresh mmap and returns it to the kernel on free, and it trims the top of the heap once more than
 twice that is free there. A training step frees and re-allocates the same large activations every
-step, so every step touches fresh pages and pays a page fault per 4 KiB: on this project's CPU
-machine a (8192, 512) fp32 log-softmax took 16.8 ms inside a prior's step against 4.5 ms with
-freed memory kept (benchmarks/profile_step.py; the whole bottom-prior step went from 140 to
-117 ms in fp32, 109 to 97 ms in bf16).
+step, so every step touches fresh pages and pays a page fault per 4 KiB. On this project's 2-core
+CPU machine the fashion32 bottom prior's training step took 140 ms in fp32 and 109 ms in bf16, and
+110 ms and 87 ms with freed memory kept (medians of 15 steps, random weights and codes).
 
 `keep_freed_memory()` tells malloc to serve every request from its heap (M_MMAP_MAX = 0) and never
 to give the heap's top back (M_TRIM_THRESHOLD = -1). The process then holds on to its peak memory,

@@ -340,7 +340,7 @@ def _v_row(m: dict, x_rows: torch.Tensor, v_wins: list[torch.Tensor], cond_row: 
         new_wins.append(win[1:])
         if v_convs is None:
             a = F.silu(torch.addmm(u["v_conv_b"], _row_windows(win, k), u["v_conv"]))
-        else:  # (R, W + 2p, B, C) is (B, C, R, W + 2p) permuted: the convolution reads it in place
+        else:  # (R, W + 2p, B, C) goes in as a (B, C, R, W + 2p) view: no k-fold window copy
             a = F.silu(rearrange(F.conv2d(win.permute(2, 3, 0, 1), v_convs[i], u["v_conv_b"]), "b c 1 w -> (w b) c"))
         b = torch.addmm(u["v_out_b"], a, u["v_out"])
         extra = None if proj is None else proj[:, 4 * c * i:4 * c * (i + 1)]
