@@ -31,8 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pipelines.allocator import keep_freed_memory  # noqa: E402
 from pipelines.artifacts import write_json  # noqa: E402
-from pipelines.train import make_accelerator, make_optimizer  # noqa: E402
-from profile_step import build  # noqa: E402
+from profile_step import build, channels_last, training_step  # noqa: E402
 
 
 def median_seconds(fn, repeats: int, warmup: int = 3) -> float:
@@ -82,31 +81,13 @@ def time_convolution(key, dtype: torch.dtype, repeats: int) -> float:
 
 
 def step_seconds(model_name: str, precision: str, steps: int) -> float:
-    section = "train_vqvae" if model_name == "vqvae" else "train_prior"
-    model, tcfg, batch, loss_fn = build(model_name, "fashion32", [f"{section}.mixed_precision='{precision}'"])
-    acc = make_accelerator(tcfg)
-    model = model.to(memory_format=torch.channels_last)
-    batch = tuple(t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 and t.is_floating_point() else t
-                  for t in batch)
-    optimizer = make_optimizer(model, tcfg)
-    model, optimizer = acc.prepare(model, optimizer)
-    model.train()
-
-    def step():
-        with acc.autocast():
-            loss, _ = loss_fn(model, batch)
-        acc.backward(loss)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
+    step, _ = training_step(model_name, "fashion32", precision)
     return median_seconds(step, steps, warmup=5)
 
 
 def measure(model_name: str, steps: int, repeats: int) -> dict:
     model, tcfg, batch, loss_fn = build(model_name, "fashion32", [])
-    model = model.to(memory_format=torch.channels_last).train()
-    batch = tuple(t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 and t.is_floating_point() else t
-                  for t in batch)
+    model, batch = model.to(memory_format=torch.channels_last).train(), channels_last(batch)
     calls = record_convolutions(model, batch, loss_fn)
     conv = {"fp32": 0.0, "bf16": 0.0}
     rows = []
@@ -140,7 +121,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=15, help="timed training steps per precision (median)")
     ap.add_argument("--repeats", type=int, default=15, help="timed runs of each convolution (median)")
     args = ap.parse_args()
-    keep_freed_memory()  # as the training loop does
+    keep_freed_memory()  # as the training loop does (before the first model is built)
     result = {"preset": "fashion32", "models": {}}
     for name in args.models.split(","):
         result["models"][name] = m = measure(name, args.steps, args.repeats)

@@ -5,7 +5,8 @@
 
 Builds the model of the `fashion32` preset (random weights, random data of the right shapes), runs
 a few warm-up steps, then profiles --steps optimizer steps (forward, backward, optimizer) and prints
-the operators by self CPU time, and the seconds per step with and without the profiler.
+the operators by self CPU time, and the seconds per step with and without the profiler. Freed memory
+is kept, as the training loop keeps it (pipelines/allocator.py).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from pipelines.allocator import keep_freed_memory  # noqa: E402
 from pipelines.config import resolve_config  # noqa: E402
 from pipelines.stage1 import vqvae_loss  # noqa: E402
 from pipelines.stage2 import prior_config, prior_loss  # noqa: E402
@@ -48,24 +50,21 @@ def build(model_name: str, preset: str, overrides: list[str]):
     return model, tcfg, batch, prior_loss
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="vqvae", help="vqvae, prior-top, prior-bottom, ...")
-    ap.add_argument("--preset", default="fashion32")
-    ap.add_argument("--precision", default="bf16", choices=["no", "bf16"])
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--rows", type=int, default=25)
-    ap.add_argument("--set", dest="overrides", action="append", default=[])
-    args = ap.parse_args()
+def channels_last(batch: tuple) -> tuple:
+    """The batch with its images channels-last, as pipelines/train.py moves them."""
+    return tuple(t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 and t.is_floating_point() else t
+                 for t in batch)
 
-    section = "train_vqvae" if args.model == "vqvae" else "train_prior"
-    model, tcfg, batch, loss_fn = build(args.model, args.preset,
-                                        [*args.overrides, f"{section}.mixed_precision='{args.precision}'"])
+
+def training_step(model_name: str, preset: str, precision: str, overrides: list[str] = ()):
+    """(step, train config): `step()` runs one optimizer step (forward, backward, AdamW) of the model
+    as pipelines/train.py does: kept freed memory, channels-last when the config says so, accelerate's autocast."""
+    keep_freed_memory()
+    section = "train_vqvae" if model_name == "vqvae" else "train_prior"
+    model, tcfg, batch, loss_fn = build(model_name, preset, [*overrides, f"{section}.mixed_precision='{precision}'"])
     acc = make_accelerator(tcfg)
-    if tcfg.channels_last:  # as pipelines/train.py lays out the model and the images
-        model = model.to(memory_format=torch.channels_last)
-        batch = tuple(t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 and t.is_floating_point() else t
-                      for t in batch)
+    if tcfg.channels_last:
+        model, batch = model.to(memory_format=torch.channels_last), channels_last(batch)
     optimizer = make_optimizer(model, tcfg)
     model, optimizer = acc.prepare(model, optimizer)
     model.train()
@@ -77,6 +76,20 @@ def main() -> None:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    return step, tcfg
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="vqvae", help="vqvae, prior-top, prior-bottom, ...")
+    ap.add_argument("--preset", default="fashion32")
+    ap.add_argument("--precision", default="bf16", choices=["no", "bf16"])
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--rows", type=int, default=25)
+    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    args = ap.parse_args()
+
+    step, tcfg = training_step(args.model, args.preset, args.precision, args.overrides)
     for _ in range(5):
         step()
     t0 = time.perf_counter()
