@@ -100,15 +100,31 @@ def test_samplers_run_in_eval_mode_also_when_only_a_submodule_is_training():
     assert not any(m.training for m in top.modules())  # restored to the prior's own mode
 
 
-def test_compiled_sampler_shards_small_priors_one_per_thread(monkeypatch):
+def test_compiled_sampler_shards_the_batch_one_per_thread(monkeypatch):
     import vqvae2.sampling as sampling
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     cpu = torch.device("cpu")
-    assert sampling._shards(cpu, 5, 5 * 8 * 64) == [(0, 2), (2, 5)]
-    assert sampling._shards(cpu, 3, 3 * 8 * 64) == [(0, 3)]  # fewer than two samples per thread
-    assert sampling._shards(cpu, 256, 256 * 8 * 64) == [(0, 256)]  # a large row pass keeps torch's threads
+    assert sampling._shards(cpu, 5) == [(0, 2), (2, 5)]
+    assert sampling._shards(cpu, 3) == [(0, 3)]  # fewer than two samples per thread
+    assert sampling._shards(cpu, 256) == [(0, 128), (128, 256)]  # wide priors' batches too
+    assert sampling._shards(torch.device("meta"), 256) == [(0, 256)]  # only CPU threads are shared out
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    assert sampling._shards(cpu, 10) == [(0, 2), (2, 5), (5, 8), (8, 10)]
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
-    assert sampling._shards(cpu, 16, 16 * 8 * 64) == [(0, 16)]
+    assert sampling._shards(cpu, 16) == [(0, 16)]
+
+
+def test_compiled_sampler_unrolls_fewer_positions_of_deep_priors():
+    """Positions per compiled call: COMPILE_CHUNK for shallow priors, fewer when positions x units would pass
+    COMPILE_UNIT_STEPS (compile time grows with the unrolled graph), never fewer than one."""
+    from vqvae2.sampling import COMPILE_CHUNK, COMPILE_UNIT_STEPS, _compile_chunk
+    assert (COMPILE_CHUNK, COMPILE_UNIT_STEPS) == (8, 64)
+    assert _compile_chunk(4) == 8  # fashion32's priors: rows of 4 and 8 in one call each
+    assert _compile_chunk(8) == 8
+    assert _compile_chunk(16) == 4  # ffhq256's bottom prior
+    assert _compile_chunk(24) == 2
+    assert _compile_chunk(100) == 1
+    assert _compile_chunk(0) == 8
 
 
 def test_samplers_follow_weight_updates():

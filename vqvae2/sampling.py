@@ -300,6 +300,16 @@ def sample_cached(prior: PixelSNAIL, n: int, cond: list[torch.Tensor] | None = N
 # positions unrolled into one compiled call: a wider row is sampled in chunks of this many columns
 # (compile time grows with the unrolled length; the fashion32 rows, 4 and 8 wide, are one call each)
 COMPILE_CHUNK = 8
+# ... and at most this many gated units unrolled into one call (positions x units): a deep prior takes
+# fewer positions per call. The ffhq256 bottom prior (16 units, rows of 64) compiled in 198 s with 8
+# positions per call and in 116 s with 4, and sampled as fast (8.6-9.3 s at batch 16 on 2 cores); with
+# 2 per call it compiled in 102 s but sampled in 10.6-11.0 s (twice the calls, each with its overhead).
+COMPILE_UNIT_STEPS = 64
+
+
+def _compile_chunk(n_units: int) -> int:
+    """Positions per compiled call for a prior of `n_units` gated residual units."""
+    return max(1, min(COMPILE_CHUNK, COMPILE_UNIT_STEPS // max(n_units, 1)))
 
 
 def _row_windows(rows: torch.Tensor, k: int) -> torch.Tensor:
@@ -406,7 +416,8 @@ def _attend_masked(a: dict, cache: tuple[torch.Tensor, torch.Tensor], h: torch.T
 def _first_chunk(m, x_rows, last_row, v_wins, cond_row, fixed, caches, x_prev, pos0, u, temperature: float,
                  top_k: int | None, blocks: tuple[int, ...], n_heads: int, want_logits: bool, k: int):
     """Start a row and sample its first chunk: one compiled call does both (a whole row when it is no wider
-    than COMPILE_CHUNK). last_row (W, B, C): the embedded codes of the row just finished (zeros at row 0)."""
+    than its chunk, `_compile_chunk`). last_row (W, B, C): the embedded codes of the row just finished (zeros
+    at row 0)."""
     p = k // 2
     x_rows = torch.cat([x_rows[1:], F.pad(last_row, (0, 0, 0, 0, p, p))[None]])
     hb0, hb1, hb2, v_wins = _v_row(m, x_rows, v_wins, cond_row, fixed, k)
@@ -443,9 +454,9 @@ def sample_compiled(prior: PixelSNAIL, n: int, cond: list[torch.Tensor] | None =
     """`sample_cached` with each row's work compiled by torch.compile: the same arithmetic (the same codes
     as `sample_reference` up to float rounding, tested), a few times fewer operator calls per position.
     The first call for a prior shape, batch size, temperature and top_k compiles (tens of seconds per
-    level on 2 CPU cores); later calls reuse the graph. Needs a C++ compiler on CPU (Inductor).
+    level on 2 CPU cores, about two minutes for the ffhq256 bottom prior); later calls reuse the graph. Needs a C++ compiler on CPU (Inductor).
 
-    A small prior on a CPU with several threads is sampled in shards: the batch is split into one slice
+    On a CPU with several threads the batch is sampled in shards (`_shards`): it is split into one slice
     per thread, each sampled by its own Python thread with one intra-op thread (a compiled call runs without
     the GIL). Each sample's codes depend only on its own uniforms, conditioning and label, all drawn or
     given before the split, so sharding changes no code beyond float rounding."""
@@ -457,7 +468,7 @@ def sample_compiled(prior: PixelSNAIL, n: int, cond: list[torch.Tensor] | None =
         m = _matrices(prior)
         _compiled_fns()  # made here, not raced for by the shards' threads
         row_values = n * cfg.width * cfg.channels
-        shards = _shards(device, n, row_values)
+        shards = _shards(device, n)
         run = lambda lo, hi, report: _sample_rows_compiled(  # noqa: E731
             prior, m, prior.cond_features(None if cond is None else [c[lo:hi] for c in cond]),
             None if labels is None else labels[lo:hi], u[lo:hi], temperature, top_k, return_logits, report)
@@ -476,11 +487,15 @@ def _result(codes, logits, return_logits: bool):
     return (codes, logits) if return_logits else codes
 
 
-def _shards(device: torch.device, n: int, row_values: int) -> list[tuple[int, int]]:
-    """[lo, hi) batch slices: one per CPU thread for a prior small enough for one thread per row pass (see
-    `_cpu_threads_for`) when the batch has at least two samples per thread; otherwise the whole batch."""
+def _shards(device: torch.device, n: int) -> list[tuple[int, int]]:
+    """[lo, hi) batch slices: one per CPU thread when the batch has at least two samples per thread;
+    otherwise the whole batch. Small priors gain most (their per-position ops are too small for a thread
+    pool), but wide ones gain too: the ffhq256 bottom prior at batch 16 on 2 cores took 9.11 s in two shards
+    of 8 against 10.86 s in one batch on torch's 2 threads (medians of 4, interleaved; 8.6-9.4 s against
+    10.2-11.7 s), its row passes then running side by side on one thread each instead of splitting each
+    matrix multiply across the two."""
     threads = torch.get_num_threads()
-    if device.type != "cpu" or row_values >= _THREADED_ROW_VALUES or threads < 2 or n < 2 * threads:
+    if device.type != "cpu" or threads < 2 or n < 2 * threads:
         return [(0, n)]
     bounds = [round(i * n / threads) for i in range(threads + 1)]
     return list(zip(bounds[:-1], bounds[1:]))
@@ -521,6 +536,7 @@ def _sample_rows_compiled(prior: PixelSNAIL, m: dict, cond_feat: torch.Tensor | 
     codes = torch.zeros(n, height, width, dtype=torch.long, device=device)
     all_logits = torch.zeros(n, cfg.codebook_size, height, width, device=device) if return_logits else None
     blocks = tuple(len(b.units) for b in prior.blocks)
+    chunk = _compile_chunk(sum(blocks))
     cond_rows, fixed = _row_conditioning(prior, m, cond_feat, labels)
     caches = {str(i): (torch.zeros(n, cfg.n_heads, height * width, c // cfg.n_heads, device=device, dtype=dt),
                        torch.zeros(n, cfg.n_heads, height * width, c // cfg.n_heads, device=device, dtype=dt))
@@ -531,13 +547,13 @@ def _sample_rows_compiled(prior: PixelSNAIL, m: dict, cond_feat: torch.Tensor | 
     x_prev = torch.zeros(n, c, device=device, dtype=dt)
     for r in range(height):
         pos = torch.tensor(r * width, device=device)
-        cols = min(COMPILE_CHUNK, width)
+        cols = min(chunk, width)
         x_rows, v_wins, hb0, hb1, hb2, row_codes, row_logits, xs, h_wins, x_win, x_prev = first(
             m, x_rows, last_row, v_wins, None if cond_rows is None else cond_rows[r], fixed, caches, x_prev,
             pos, u[:, r, :cols], temperature, top_k, blocks, cfg.n_heads, return_logits, k)
         chunks = [(row_codes, row_logits, xs)]
-        for c0 in range(cols, width, COMPILE_CHUNK):
-            c1 = min(c0 + COMPILE_CHUNK, width)
+        for c0 in range(cols, width, chunk):
+            c1 = min(c0 + chunk, width)
             out = later(m, hb0[c0:c1], [b[c0:c1] for b in hb1], [b[c0:c1] for b in hb2], h_wins, x_win,
                         x_prev, caches, pos + c0, u[:, r, c0:c1], temperature, top_k, blocks, cfg.n_heads,
                         return_logits)
