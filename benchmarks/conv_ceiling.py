@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -31,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pipelines.allocator import keep_freed_memory  # noqa: E402
 from pipelines.artifacts import write_json  # noqa: E402
+from machine import calibrate, describe  # noqa: E402
 from profile_step import build, channels_last, training_step  # noqa: E402
 
 
@@ -122,11 +122,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=15, help="timed runs of each convolution (median)")
     args = ap.parse_args()
     keep_freed_memory()  # as the training loop does (before the first model is built)
+    machine = describe()  # before anything is timed; calibrated again at the end
     result = {"preset": "fashion32", "models": {}}
     for name in args.models.split(","):
         result["models"][name] = m = measure(name, args.steps, args.repeats)
         print(json.dumps({name: {k: v for k, v in m.items() if k != "convolutions"}}), flush=True)
-    result.update(torch=torch.__version__, threads=torch.get_num_threads(), machine=platform.machine())
+    result.update(torch=torch.__version__, threads=torch.get_num_threads(), machine=machine,
+                  calibration_after=calibrate())
     write_json(args.out, result)
 
 

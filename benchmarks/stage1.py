@@ -4,15 +4,15 @@
 
 Trains the `fashion32` preset's VQ-VAE with bf16 autocast into RUN/vqvae (reused by the stage-2
 and stage-3 benchmarks), evaluates it on the 10,000 test images, then times the same training
-for `--speed-steps` steps in fp32 and in bf16 (fresh run directories, same seed) to give the
-bf16 speed-up measured in this one run.
+for `--speed-steps` steps in fp32 and in bf16 (fresh run directories, same seed), `--speed-repeats`
+times each, interleaved, to give the bf16 speed-up measured in this one run (the medians' ratio).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import calibrate, describe  # noqa: E402
 from pipelines.artifacts import RunDir, write_json  # noqa: E402
 from pipelines.config import resolve_config  # noqa: E402
 from pipelines.stage1 import train_vqvae  # noqa: E402
@@ -44,10 +46,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--speed-steps", type=int, default=100)
+    ap.add_argument("--speed-repeats", type=int, default=3,
+                    help="timings per precision, fp32 and bf16 interleaved; the median counts")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--reuse", action="store_true", help="reuse RUN/vqvae when it was trained with this config")
     args = ap.parse_args()
 
+    machine = describe()  # before anything is timed; calibrated again at the end
     overrides = [f"train_vqvae.batch_size={args.batch_size}", "train_vqvae.seed=0", *args.overrides]
     cfg = resolve_config("fashion32", overrides + [f"train_vqvae.steps={args.steps}"])
     run = RunDir(args.run_dir)
@@ -66,18 +71,24 @@ def main() -> None:
         write_json(run.vqvae / "metrics.json", m)
 
     scratch = args.out.parent / "stage1-speed"
-    ips_fp32 = timed_throughput(overrides, args.speed_steps, "no", scratch)
-    ips_bf16 = timed_throughput(overrides, args.speed_steps, "bf16", scratch)
+    each: dict[str, list[float]] = {"no": [], "bf16": []}
+    for _ in range(args.speed_repeats):  # interleaved, so a slow spell of the machine hits both
+        for precision in each:
+            each[precision].append(timed_throughput(overrides, args.speed_steps, precision, scratch))
     shutil.rmtree(scratch, ignore_errors=True)
+    ips_fp32, ips_bf16 = statistics.median(each["no"]), statistics.median(each["bf16"])
 
     result = {
         "preset": "fashion32", "steps": m["steps"], "batch_size": args.batch_size, "seed": 0,
         "mse": m["mse"], "psnr": m["psnr"], "codes_used": m["codes_used"], "perplexity": m["perplexity"],
         "dead_codes": m["dead_codes"], "levels": list(m["levels"]), "codebook_size": cfg.vqvae.codebook_size,
         "n_val": m["n_val"], "train_seconds": train_seconds, "images_per_second_train_run": m["images_per_second"],
-        "speed_steps": args.speed_steps, "images_per_second_fp32": ips_fp32, "images_per_second_bf16": ips_bf16,
+        "speed_steps": args.speed_steps, "speed_repeats": args.speed_repeats,
+        "images_per_second_each": {"fp32": each["no"], "bf16": each["bf16"]},
+        "images_per_second_fp32": ips_fp32, "images_per_second_bf16": ips_bf16,
         "bf16_speedup": ips_bf16 / ips_fp32, "targets": TARGETS,
-        "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": machine,
+        "calibration_after": calibrate(),
     }
     result["passed"] = {
         "mse": result["mse"] <= TARGETS["mse_max"],

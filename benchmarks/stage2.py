@@ -23,6 +23,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import calibrate, describe  # noqa: E402
 from pipelines.artifacts import RunDir, read_json, write_json  # noqa: E402
 from pipelines.cli import load_run_config  # noqa: E402
 from pipelines.run import stage_codes, stage_prior, stage_sample  # noqa: E402
@@ -68,6 +70,7 @@ def main() -> None:
                     help="only the fp32/bf16 speed measurement (no 2,000-step training, no NLL, no samples)")
     args = ap.parse_args()
 
+    machine = describe()  # before anything is timed; calibrated again at the end
     run = RunDir(args.run_dir)
     if not (run.vqvae / "metrics.json").is_file():
         sys.exit(f"{run.vqvae}/metrics.json not found: run benchmarks/stage1.py first")
@@ -112,6 +115,7 @@ def main() -> None:
         result["codes_per_second_bf16"][level] = speed["bf16"]
         result["bf16_speedup"][level] = speed["bf16"] / speed["no"]
         result["passed"][f"{level}_bf16_speedup"] = result["bf16_speedup"][level] >= TARGETS["bf16_speedup_min"]
+    result.update(machine=machine, calibration_after=calibrate())
     if args.speed_only:
         result.update(speed_only=True, torch=torch.__version__, threads=torch.get_num_threads())
         write_json(args.out, result)
