@@ -6,7 +6,7 @@ Speed ratios such as `bf16_speedup` depend on the CPU more than on this project'
 code gave a VQ-VAE bf16 speed-up of 1.52x on a 2-core AMD EPYC (bf16 by AVX-512 dot products) and
 1.34-1.74x on a 2-core Intel Xeon with AMX tiles. And on a shared virtual machine the arithmetic units
 slow down for seconds at a time: on that Xeon a 2048^3 bf16 product took 8-32 ms over ten processes
-(medians of 15 each), and the calibrations of one afternoon's benchmark runs gave 117-251 GFLOP/s in
+(medians of 15 each, a /tmp script), and the calibrations of one afternoon's benchmark runs gave 117-251 GFLOP/s in
 fp32 and 335-1,031 in bf16. So every speed benchmark records `describe()` before it times anything and
 `calibrate()` after, and a ratio is read beside them.
 """

@@ -52,12 +52,22 @@ def threads(request):
 @pytest.mark.parametrize("threads", [1, 2], indirect=True)
 def test_compiled_equals_reference_over_a_hierarchy(monkeypatch, threads):
     """sample.sampler=compiled (torch.compile of each row's work): the reference's codes, also when a row is
-    sampled in several compiled chunks (the bottom's rows of 6 in chunks of 4 and 2), and when the batch is
-    sampled in shards, one per CPU thread (on 2 threads: 4 samples in two shards of 2)."""
+    sampled in several compiled chunks (the bottom's rows of 6 in chunks of 4 and 2: its 4 units may unroll
+    16 unit-steps per call, the top's 2 units all 3 columns), and when the batch is sampled in shards, one
+    per CPU thread (on 2 threads: 4 samples in two shards of 2)."""
+    from collections import Counter
+
     import vqvae2.sampling as sampling
-    monkeypatch.setattr(sampling, "COMPILE_CHUNK", 4)
-    shard_sizes, rows_reported = [], []
+    monkeypatch.setattr(sampling, "COMPILE_CHUNK", 8)
+    monkeypatch.setattr(sampling, "COMPILE_UNIT_STEPS", 16)
+    shard_sizes, rows_reported, widths = [], [], []
     row_loop = sampling._sample_rows_compiled
+    compiled_fns = sampling._compiled_fns
+
+    def recording_fns():  # the columns each compiled call samples (u is the 10th argument of both)
+        return tuple((lambda *a, fn=fn: (widths.append(a[9].shape[1]), fn(*a))[1]) for fn in compiled_fns())
+
+    monkeypatch.setattr(sampling, "_compiled_fns", recording_fns)
 
     def spy(prior, m, cond_feat, labels, u, *rest):
         shard_sizes.append(len(u))
@@ -71,6 +81,8 @@ def test_compiled_equals_reference_over_a_hierarchy(monkeypatch, threads):
                                                  sampler=sampler, generator=torch.Generator().manual_seed(3), **kw)
     ref, compiled = run("reference"), run("compiled")
     assert shard_sizes == ([5, 5] if threads == 1 else [2, 2, 2, 2])
+    per_level = len(shard_sizes) // 2  # shards of each level
+    assert Counter(widths) == {3: 2 * per_level, 4: 4 * per_level, 2: 4 * per_level}
     for a, b in zip(ref, compiled):
         assert torch.equal(a, b)
     # progress: every row of every level counted once for the whole batch (one shard reports the rows)
