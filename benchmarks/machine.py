@@ -71,6 +71,8 @@ def describe(calibrated: bool = True) -> dict:
         "torch": torch.__version__,
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "flags": [f for f in FLAGS if f in flags],
+        # restrictions to an older CPU class (e.g. AVX2 on an AVX-512 machine), when set
+        "isa_limits": {k: os.environ[k] for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY") if k in os.environ},
     }
     if calibrated:
         out["calibration"] = calibrate()

@@ -39,7 +39,7 @@ def measure(preset: str, stage: str, batch: int, steps: int, checkpointing: bool
     import torch
     from pipelines.config import resolve_config
     from pipelines.stage2 import prior_config, prior_loss
-    from pipelines.train import make_optimizer
+    from pipelines.train import machine_settings, make_optimizer
     from vqvae2.pixelsnail import PixelSNAIL
     from vqvae2.sampling import sample_hierarchy
     from vqvae2.vqvae import VQVAE2
@@ -81,6 +81,7 @@ def measure(preset: str, stage: str, batch: int, steps: int, checkpointing: bool
             loss_fn = lambda: prior_loss(model, batch_codes)[0]  # noqa: E731
         model.checkpointing = checkpointing
         model.train()
+        tcfg, _ = machine_settings(tcfg, None, stage)  # the precision the stage would resolve here
         opt = make_optimizer(model, tcfg)
 
         def step():

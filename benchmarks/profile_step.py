@@ -23,7 +23,7 @@ from pipelines.allocator import keep_freed_memory  # noqa: E402
 from pipelines.config import resolve_config  # noqa: E402
 from pipelines.stage1 import vqvae_loss  # noqa: E402
 from pipelines.stage2 import prior_config, prior_loss  # noqa: E402
-from pipelines.train import make_accelerator, make_optimizer  # noqa: E402
+from pipelines.train import machine_settings, make_accelerator, make_optimizer  # noqa: E402
 from vqvae2.pixelsnail import PixelSNAIL  # noqa: E402
 from vqvae2.vqvae import VQVAE2  # noqa: E402
 
@@ -62,6 +62,7 @@ def training_step(model_name: str, preset: str, precision: str, overrides: list[
     keep_freed_memory()
     section = "train_vqvae" if model_name == "vqvae" else "train_prior"
     model, tcfg, batch, loss_fn = build(model_name, preset, [*overrides, f"{section}.mixed_precision='{precision}'"])
+    tcfg, _ = machine_settings(tcfg, None, section)
     acc = make_accelerator(tcfg)
     if tcfg.channels_last:
         model, batch = model.to(memory_format=torch.channels_last), channels_last(batch)
@@ -83,7 +84,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="vqvae", help="vqvae, prior-top, prior-bottom, ...")
     ap.add_argument("--preset", default="fashion32")
-    ap.add_argument("--precision", default="bf16", choices=["no", "bf16"])
+    ap.add_argument("--precision", default="bf16", choices=["no", "bf16", "auto"])
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--rows", type=int, default=25)
     ap.add_argument("--set", dest="overrides", action="append", default=[])

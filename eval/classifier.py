@@ -49,6 +49,20 @@ class ClassifierConfig:
 
 # blocks
 
+class StridedPointwise(nn.Conv2d):
+    """A 1x1 convolution with a stride, computed as subsampling then a stride-1 1x1 convolution: the same
+    values and parameters, but it avoids oneDNN's AVX2 weight-gradient kernel for strided 1x1
+    convolutions on channels-last inputs with 2-7 channels, which writes out of bounds
+    (benchmarks/onednn_fault.py)."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int, bias: bool = False):
+        super().__init__(in_ch, out_ch, 1, bias=bias)
+        self.step = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x[:, :, ::self.step, ::self.step], self.weight, self.bias)
+
+
 class BasicBlock(nn.Module):
     """conv-BN-ReLU-conv-BN plus a (projected when the shape changes) shortcut, then ReLU."""
 
@@ -60,7 +74,7 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(out_ch)
         self.shortcut = nn.Identity()
         if stride != 1 or in_ch != out_ch:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False),
+            self.shortcut = nn.Sequential(StridedPointwise(in_ch, out_ch, stride),
                                           nn.BatchNorm2d(out_ch))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

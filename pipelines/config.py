@@ -29,7 +29,8 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_accum: int = 1
     grad_clip: float = 1.0  # max grad norm; 0 disables
-    mixed_precision: str = "bf16"  # "no", "bf16" or "fp16" (fp16 needs a GPU)
+    # "auto" (bf16 where the device has fast bf16, else fp32: pipelines/policy.py), "no", "bf16" or "fp16" (GPU)
+    mixed_precision: str = "auto"
     ema_decay: float = 0.0  # Polyak averaging of the weights (priors); 0 disables
     log_every: int = 50
     save_every: int = 500
@@ -43,8 +44,9 @@ class TrainConfig:
     # recompute activations in the backward pass instead of keeping them (less memory, ~1/3 more compute);
     # VQ-VAE and priors; the same gradients, so it never enters a stage hash and may change on resume
     activation_checkpointing: bool = False
-    # convolution weights and image batches in channels-last layout (faster convolutions on CPU and GPU)
-    channels_last: bool = True
+    # convolution weights and image batches in channels-last layout: true, false or "auto" (on where it is
+    # safe and pays: GPUs and CPUs with native bf16; pipelines/policy.py)
+    channels_last: bool | str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "log_every", "save_every"):
@@ -56,8 +58,10 @@ class TrainConfig:
         for name in self.trackers:
             _check(name in TRACKERS, f"log_with names an unknown tracker {name!r}; choose from {', '.join(TRACKERS)}")
         _check(0 <= self.ema_decay < 1, f"ema_decay must be in [0, 1), got {self.ema_decay}")
-        _check(self.mixed_precision in ("no", "bf16", "fp16"),
-               f"mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
+        _check(self.mixed_precision in ("auto", "no", "bf16", "fp16"),
+               f"mixed_precision must be 'auto', 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
+        _check(isinstance(self.channels_last, bool) or self.channels_last == "auto",
+               f"channels_last must be true, false or 'auto', got {self.channels_last!r}")
 
     @property
     def trackers(self) -> list[str]:

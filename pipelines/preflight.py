@@ -68,7 +68,7 @@ def _check_precision(cfg: PipelineConfig, stages: list[str]) -> None:
                 *priors]
     for stage, section, tcfg in sections:
         if stage in stages and tcfg.mixed_precision == "fp16" and not torch.cuda.is_available():
-            raise PreflightError(f"{section}.mixed_precision='fp16' needs a GPU and none is visible; use 'bf16' or 'no'")
+            raise PreflightError(f"{section}.mixed_precision='fp16' needs a GPU and none is visible; use 'auto', 'bf16' or 'no'")
 
 
 def _check_evaluation(cfg: PipelineConfig, stages: list[str], n_classes: int) -> None:

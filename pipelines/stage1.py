@@ -12,7 +12,7 @@ from .artifacts import RunDir, hash_config, save_png, write_json
 from .config import PipelineConfig
 from .data import build_datasets
 from .images import grid_image, to_uint8
-from .train import make_accelerator, train
+from .train import machine_settings, make_accelerator, train
 from .watch import Watcher
 
 
@@ -111,13 +111,14 @@ def train_vqvae(cfg: PipelineConfig, run: RunDir, stop_after: int | None = None)
     if train_set.channels != cfg.vqvae.in_channels:
         raise ValueError(f"vqvae.in_channels is {cfg.vqvae.in_channels} but dataset {cfg.data.name!r} has "
                          f"{train_set.channels} channel(s); set vqvae.in_channels={train_set.channels}")
-    acc = make_accelerator(cfg.train_vqvae, run.vqvae)
+    tcfg, settings = machine_settings(cfg.train_vqvae, run.vqvae, "train_vqvae")
+    acc = make_accelerator(tcfg, run.vqvae)
     h = stage_hash(cfg)
     torch.manual_seed(cfg.train_vqvae.seed)  # the same seed gives the same initial weights
     model = VQVAE2(cfg.vqvae)
-    model.checkpointing = cfg.train_vqvae.activation_checkpointing
+    model.checkpointing = tcfg.activation_checkpointing
     watch = vqvae_watcher(cfg, run, val_set, acc.device)
-    result = train(model, train_set, cfg.train_vqvae, run.vqvae, vqvae_loss, {"config_hash": h},
+    result = train(model, train_set, tcfg, run.vqvae, vqvae_loss, {"config_hash": h, "settings": settings.to_dict()},
                    accelerator=acc, desc="train-vqvae", stop_after=stop_after, watch=watch)
     if stop_after is not None and result.steps < cfg.train_vqvae.steps:
         return None
@@ -129,7 +130,7 @@ def train_vqvae(cfg: PipelineConfig, run: RunDir, stop_after: int | None = None)
     watch.finish(result.steps, flat_metrics(metrics))
     metrics.update(config_hash=h, steps=result.steps, processes=len(result.rank_hashes or [0]),
                    rank_hashes=result.rank_hashes, images_per_second=result.items_per_second,
-                   mixed_precision=cfg.train_vqvae.mixed_precision, n_val=len(val_set))
+                   mixed_precision=tcfg.mixed_precision, settings=settings.to_dict(), n_val=len(val_set))
     model.save_pretrained(run.vqvae, extra={"config_hash": h})
     save_png(run.vqvae / "recon.png", recon_grid(model, first_images(val_set).to(acc.device)))
     write_json(run.vqvae / "metrics.json", metrics)  # last: marks the stage as finished

@@ -16,7 +16,7 @@ from .artifacts import RunDir, hash_config, read_json, write_json
 from .codes import CodesDataset, first_codes, read_codes_meta
 from .config import UNHASHED_TRAIN_OPTIONS, PipelineConfig
 from .images import grid_image, to_uint8
-from .train import make_accelerator, train
+from .train import machine_settings, make_accelerator, train
 from .watch import Watcher
 
 DERIVED = ("codebook_size", "height", "width", "n_classes", "cond_shapes")
@@ -129,7 +129,8 @@ def train_prior(cfg: PipelineConfig, run: RunDir, level: str, stop_after: int | 
     meta = read_codes_meta(run)
     pcfg = prior_config(cfg, level, meta)
     train_set, val_set = CodesDataset(run, "train", level), CodesDataset(run, "val", level)
-    tcfg = cfg.prior_train(level)
+    where = f"prior.{level}.train" if cfg.prior.get(level, {}).get("train") else "train_prior"
+    tcfg, settings = machine_settings(cfg.prior_train(level), run.prior(level), where)
     acc = make_accelerator(tcfg, run.prior(level))
     h = stage_hash(cfg, run, level)
     torch.manual_seed(tcfg.seed)
@@ -137,7 +138,7 @@ def train_prior(cfg: PipelineConfig, run: RunDir, level: str, stop_after: int | 
     model.checkpointing = tcfg.activation_checkpointing
     per_item = pcfg.height * pcfg.width
     watch = prior_watcher(cfg, run, level, val_set, acc)
-    result = train(model, train_set, tcfg, run.prior(level), prior_loss, {"config_hash": h},
+    result = train(model, train_set, tcfg, run.prior(level), prior_loss, {"config_hash": h, "settings": settings.to_dict()},
                    accelerator=acc, items_per_batch=lambda batch: len(batch[0]) * per_item,
                    desc=f"train-prior {level}", stop_after=stop_after, watch=watch)
     if stop_after is not None and result.steps < tcfg.steps:
@@ -149,7 +150,8 @@ def train_prior(cfg: PipelineConfig, run: RunDir, level: str, stop_after: int | 
     watch.finish(result.steps, val_record(metrics))
     metrics.update(config_hash=h, level=level, steps=result.steps, processes=len(result.rank_hashes or [0]),
                    rank_hashes=result.rank_hashes, codes_per_second=result.items_per_second,
-                   n_params=sum(p.numel() for p in result.model.parameters()), ema_weights=tcfg.ema_decay > 0)
+                   n_params=sum(p.numel() for p in result.model.parameters()), ema_weights=tcfg.ema_decay > 0,
+                   mixed_precision=tcfg.mixed_precision, settings=settings.to_dict())
     result.model.save_pretrained(run.prior(level), extra={"config_hash": h, "vqvae_hash": meta["vqvae_hash"]})
     write_json(run.prior(level) / "metrics.json", metrics)
     acc.wait_for_everyone()

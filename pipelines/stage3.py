@@ -22,7 +22,7 @@ from vqvae2.config import from_dict
 from .artifacts import RunDir, hash_config, write_json
 from .config import PipelineConfig
 from .data import build_datasets
-from .train import make_accelerator, train
+from .train import machine_settings, make_accelerator, train
 from .watch import Watcher
 
 DERIVED = ("in_channels", "image_size", "num_classes")
@@ -86,19 +86,21 @@ def train_classifier(cfg: PipelineConfig, run: RunDir) -> dict | None:
     metrics = {}
     for offset, (role, out_dir) in enumerate(classifier_dirs(cfg, run).items()):
         tcfg = dataclasses.replace(cfg.train_classifier, seed=cfg.train_classifier.seed + offset)
+        tcfg, settings = machine_settings(tcfg, out_dir, "train_classifier")
         mixup = tcfg.rejection_mixup if role == "rejection" else 0.0
         acc = make_accelerator(tcfg, out_dir)
         torch.manual_seed(tcfg.seed)
         watch = Watcher(out_dir, tcfg, lambda model: {"accuracy": val_accuracy(model, val_set, tcfg.val_batches)})
         result = train(Classifier(ccfg), train_set, tcfg, out_dir, classifier_loss(mixup),
-                       {"config_hash": h, "role": role},
+                       {"config_hash": h, "role": role, "settings": settings.to_dict()},
                        accelerator=acc, desc=f"train-classifier {role}", watch=watch)
         if acc.is_main_process:
             model = result.model.eval()
             accuracy = val_accuracy(model, val_set)
             watch.finish(result.steps, {"accuracy": accuracy})
             metrics[role] = {"accuracy": accuracy, "steps": result.steps, "images_per_second": result.items_per_second,
-                             "weights_hash": weights_hash(model), "seed": tcfg.seed, "mixup": mixup}
+                             "weights_hash": weights_hash(model), "seed": tcfg.seed, "mixup": mixup,
+                             "settings": settings.to_dict()}
             model.save_pretrained(out_dir, extra={"config_hash": h})
     if not PartialState().is_main_process:
         return None

@@ -7,6 +7,7 @@ holds the weights, optimiser and RNG, so a resumed run continues exactly where i
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import signal
 import time
@@ -15,12 +16,13 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from .allocator import keep_freed_memory
-from .artifacts import find_training_state, load_training_state, save_training_state, truncate_jsonl
+from . import policy
+from .artifacts import find_training_state, load_training_state, read_json, save_training_state, truncate_jsonl
 from .config import TrainConfig
 from .datasets.prepared import loader_workers
 from .watch import Watcher, tracker_kwargs
@@ -55,11 +57,31 @@ class StepBatchSampler(Sampler[list[int]]):
             yield perm[lo:lo + self.bs].tolist()
 
 
+def machine_settings(cfg: TrainConfig, out_dir: str | Path | None, where: str) -> tuple[TrainConfig, policy.Settings]:
+    """`cfg` with its precision and memory format resolved for this machine (pipelines/policy.py), or as
+    recorded by the state in out_dir that a resumed stage continues from; printed once."""
+    found = find_training_state(Path(out_dir) / "state") if out_dir is not None else None
+    recorded = None
+    if found is not None:
+        try:
+            recorded = read_json(found / "progress.json").get("settings")
+        except (OSError, ValueError, AttributeError):
+            recorded = None  # the state's own loader reports a damaged file
+    settings = policy.resolve(cfg.mixed_precision, cfg.channels_last, recorded, where=where)
+    if PartialState().is_local_main_process:
+        print(f"[{where}] {settings.describe()}", flush=True)
+    return dataclasses.replace(cfg, mixed_precision=settings.mixed_precision,
+                               channels_last=settings.channels_last), settings
+
+
 def make_accelerator(cfg: TrainConfig, out_dir: str | Path | None = None) -> Accelerator:
-    """The stage's Accelerator; with cfg.log_with, its trackers write under out_dir/logs."""
+    """The stage's Accelerator; with cfg.log_with, its trackers write under out_dir/logs. The precision
+    must be resolved (machine_settings) first."""
+    if cfg.mixed_precision == policy.AUTO or cfg.channels_last == policy.AUTO:
+        raise ValueError("make_accelerator needs resolved settings: pass the config through machine_settings() first")
     cuda = torch.cuda.is_available()
     if cfg.mixed_precision == "fp16" and not cuda:
-        raise ValueError("mixed_precision='fp16' needs a GPU; use 'bf16' or 'no' on CPU")
+        raise ValueError("mixed_precision='fp16' needs a GPU; use 'auto', 'bf16' or 'no' on CPU")
     # accelerate keeps one global state per process; stages of one `vqvae2 run` may differ in precision
     from accelerate.state import AcceleratorState
     if AcceleratorState._shared_state and AcceleratorState().mixed_precision != cfg.mixed_precision:
@@ -138,6 +160,9 @@ def train(
     stands for a kill in tests). `watch` logs, validates and draws as the run goes (see watch.py)."""
     out_dir = Path(out_dir)
     keep_freed_memory()  # a step re-allocates the same large tensors: keep them paged in (allocator.py)
+    if policy.AUTO in (cfg.mixed_precision, cfg.channels_last):  # stages resolve before; direct callers here
+        cfg, settings = machine_settings(cfg, out_dir, desc)
+        progress = {**progress, "settings": settings.to_dict()}
     acc = accelerator or make_accelerator(cfg, out_dir)
     watch = watch or Watcher(out_dir, cfg)
     torch.manual_seed(cfg.seed)
