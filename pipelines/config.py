@@ -127,6 +127,10 @@ class EvalConfig:
     temperature: float | list[float] = 1.0  # as sample.temperature
     rejection_classifier: str = "separate"  # "separate": a second classifier (another seed); "same": the feature one
     reference_stats: str = ""  # an .npz from `vqvae2 fid-stats`: used instead of the real images' features
+    # "torch-fidelity": the extractor resizes images itself (the original FID's bilinear); "clean": PIL bicubic to
+    # its input size first (clean-fid's convention). Recorded in the report; docs/evaluation.md
+    resize: str = "torch-fidelity"
+    fd_resamples: int = 100  # bootstrap resamples behind each FD's 95% interval; 0 = no intervals
     enabled: bool = True
 
     def __post_init__(self) -> None:
@@ -138,6 +142,11 @@ class EvalConfig:
                f"eval.rejection_classifier must be 'separate' or 'same', got {self.rejection_classifier!r}")
         _check(self.feature_extractor in ("domain", "inception"),
                f"eval.feature_extractor must be 'domain' or 'inception', got {self.feature_extractor!r}")
+        _check(self.resize in ("torch-fidelity", "clean"),
+               f"eval.resize must be 'torch-fidelity' or 'clean', got {self.resize!r}")
+        _check(isinstance(self.fd_resamples, int) and not isinstance(self.fd_resamples, bool)
+               and (self.fd_resamples == 0 or self.fd_resamples >= 2),
+               f"eval.fd_resamples must be 0 (no intervals) or an integer >= 2, got {self.fd_resamples!r}")
 
 
 @dataclass
@@ -186,8 +195,9 @@ class PipelineConfig:
         out = {}
         for name in sections:
             later = ADDED_LATER.get(name, {})
-            unhashed = UNHASHED_TRAIN_OPTIONS if name in TRAIN_SECTIONS else UNHASHED_OPTIONS.get(name, ())
-            out[name] = {k: v for k, v in d[name].items() if not (k in later and later[k] == v) and k not in unhashed}
+            options = train_hash_options(d[name]) if name in TRAIN_SECTIONS else d[name]
+            unhashed = UNHASHED_OPTIONS.get(name, ())
+            out[name] = {k: v for k, v in options.items() if not (k in later and later[k] == v) and k not in unhashed}
             extra = getattr(getattr(self, name), "hash_extra", None)  # what identifies the data beyond its options
             if extra is not None:
                 out[name] |= extra()
@@ -200,7 +210,7 @@ ADDED_LATER: dict[str, dict[str, Any]] = {
     "data": {"cache": True, "cache_dir": "", "workers": 0},
     "vqvae": {"quantizer": "ema", "level_dropout": 0.0},
     "sample": {"format": "npz"},
-    "eval": {"reference_stats": ""},
+    "eval": {"reference_stats": "", "resize": "torch-fidelity", "fd_resamples": 100},
 }
 
 
@@ -208,6 +218,17 @@ ADDED_LATER: dict[str, dict[str, Any]] = {
 # never what it trains
 UNHASHED_TRAIN_OPTIONS = ("val_every", "image_every", "log_with", "activation_checkpointing")
 TRAIN_SECTIONS = ("train_vqvae", "train_prior", "train_classifier")
+# "auto" precision and memory format hash as the explicit values every preset had before "auto" existed, so
+# a run finished then stays finished when re-run with its preset; what a stage ran with is in its metrics.json
+AUTO_HASHES_AS = {"mixed_precision": "bf16", "channels_last": True}
+
+
+def train_hash_options(options: dict[str, Any]) -> dict[str, Any]:
+    """A [train_*] table (or a level's [prior.<level>.train]) as it enters a stage hash."""
+    return {k: (AUTO_HASHES_AS[k] if k in AUTO_HASHES_AS and v == "auto" else v)
+            for k, v in options.items() if k not in UNHASHED_TRAIN_OPTIONS}
+
+
 # options of other sections that change where or how fast data is made, never what it is
 UNHASHED_OPTIONS = {"data": ("cache", "cache_dir", "workers", "prepare")}
 

@@ -14,7 +14,7 @@ from vqvae2.vqvae import VQVAE2
 
 from .artifacts import RunDir, hash_config, read_json, write_json
 from .codes import CodesDataset, first_codes, read_codes_meta
-from .config import UNHASHED_TRAIN_OPTIONS, PipelineConfig
+from .config import PipelineConfig, train_hash_options
 from .images import grid_image, to_uint8
 from .train import machine_settings, make_accelerator, train
 from .watch import Watcher
@@ -47,7 +47,7 @@ def stage_hash(cfg: PipelineConfig, run: RunDir, level: str) -> str:
     meta = read_codes_meta(run)
     prior = dict(cfg.prior.get(level, {}))
     if "train" in prior:  # as for [train_prior]: options that only watch a run or save memory are left out
-        prior["train"] = {k: v for k, v in prior["train"].items() if k not in UNHASHED_TRAIN_OPTIONS}
+        prior["train"] = train_hash_options(prior["train"])
         if not prior["train"]:
             del prior["train"]
     return hash_config({"codes": meta["config_hash"], "prior": prior,

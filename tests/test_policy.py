@@ -94,7 +94,7 @@ def test_explicit_bf16_without_native_bf16_warns(monkeypatch):
 
 
 def test_a_resumed_stage_keeps_the_settings_it_started_with(tmp_path, monkeypatch):
-    """state saved under bf16 on a bf16 CPU, resumed on an AVX2 CPU -> still bf16 (and 'auto' in the hash)"""
+    """state saved under bf16 on a bf16 CPU, resumed on an AVX2 CPU -> still bf16"""
     monkeypatch.setattr(policy, "detect", lambda device=None: AMX)
     cfg = TrainConfig(mixed_precision="auto", channels_last="auto")
     resolved, settings = machine_settings(cfg, tmp_path, "train_vqvae")
@@ -113,14 +113,24 @@ def test_a_resumed_stage_keeps_the_settings_it_started_with(tmp_path, monkeypatc
 
 
 def test_explicit_precision_keeps_the_stage_hash():
-    """stage hashes of runs that set the precision (and channels_last true, the old default) explicitly are unchanged"""
-    from pipelines import stage1
-    old = resolve_config("demo", ["train_vqvae.mixed_precision='bf16'", "train_vqvae.channels_last=true"])
+    """stage hashes of runs that set the precision (and channels_last true, the old default) explicitly are
+    unchanged, and 'auto' hashes as those old values: a run finished before 'auto' existed is not retrained
+    when re-run with its preset (the hashes recorded before it: tests/test_stage1.py)"""
+    from pipelines import stage1, stage3
+    from pipelines.config import train_hash_options
+    old = resolve_config("demo", [f"{s}.{k}={v}" for s in ("train_vqvae", "train_prior", "train_classifier")
+                                  for k, v in (("mixed_precision", "'bf16'"), ("channels_last", "true"))])
     assert old.hash_dict("train_vqvae")["train_vqvae"]["mixed_precision"] == "bf16"
     assert "channels_last" not in old.hash_dict("train_vqvae")["train_vqvae"]  # true was the default before
     auto = resolve_config("demo")
-    assert stage1.stage_hash(auto) != stage1.stage_hash(old)
     assert auto.train_vqvae.mixed_precision == "auto" and auto.train_vqvae.channels_last == "auto"
+    assert stage1.stage_hash(auto) == stage1.stage_hash(old)
+    assert stage3.classifier_hash(auto) == stage3.classifier_hash(old)
+    assert auto.hash_dict("train_prior") == old.hash_dict("train_prior")
+    fp32 = resolve_config("demo", ["train_vqvae.mixed_precision='no'"])
+    assert stage1.stage_hash(fp32) != stage1.stage_hash(auto)  # an explicit other precision is another run
+    # a level's own [prior.<level>.train] follows the same rule
+    assert train_hash_options({"mixed_precision": "auto", "val_every": 5}) == {"mixed_precision": "bf16"}
 
 
 def test_bad_values_are_refused():
