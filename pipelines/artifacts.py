@@ -1,15 +1,21 @@
-"""The run directory: paths, atomic writes, hashes, and pickle-free training state.
+"""The run directory: paths, atomic writes, hashes, pickle-free training state, and the writer lock.
 
 Every file goes to a temporary name in its own directory and is renamed into place, so an
-interrupted stage never leaves a half-written artefact that a later stage would read.
+interrupted stage never leaves a half-written artefact that a later stage would read. One process
+at a time writes a run directory (`RunDir.lock`); readers never take the lock.
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import io
 import json
 import os
 import shutil
+import socket
+import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -143,9 +149,10 @@ def save_training_state(directory: str | Path, model: torch.nn.Module, optimizer
     """Writes state/ as a whole: a new directory is filled and then swapped in, so a kill at any
     moment leaves either the previous complete state or the new one."""
     directory = Path(directory)
-    tmp = directory.with_name(directory.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    for stale in directory.parent.glob(f"{directory.name}.tmp*"):  # left by a killed writer
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{directory.name}.tmp-", dir=directory.parent))
     save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
     if ema_model is not None:
         save_file({k: v.detach().contiguous().cpu() for k, v in ema_model.state_dict().items()},
@@ -188,6 +195,83 @@ def load_training_state(directory: Path, model: torch.nn.Module, optimizer: torc
 
 # the run directory
 
+class RunDirBusy(Exception):
+    """Another process is writing the run directory."""
+
+
+class RunLock:
+    """An exclusive advisory lock on RUN/.lock (flock), held while a command writes the run. The OS
+    releases it when the holder exits or is killed, so a stale lock cannot outlive its process; the
+    file keeps the holder's PID and command for the message a second writer gets."""
+
+    def __init__(self, root: Path, command: str):
+        self.root, self.command, self.fd = root, command, None
+
+    @property
+    def path(self) -> Path:
+        return self.root / ".lock"
+
+    def acquire(self) -> "RunLock":
+        if self.root.exists() and not self.root.is_dir():
+            raise ValueError(f"run directory {self.root} is a file, not a directory")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise ValueError(f"cannot write the run directory {self.root}: {e.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno not in (errno.EAGAIN, errno.EACCES):
+                raise ValueError(f"cannot lock the run directory {self.root}: {e.strerror}") from None
+            raise RunDirBusy(f"{self.root} is being written by {describe_holder(lock_holder(self.root))}; wait for it to end "
+                             f"(or stop it), then run this command again") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": self.command,
+                                 "started": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.ftruncate(self.fd, 0)  # no holder recorded while nobody holds it
+            os.close(self.fd)  # closing the descriptor releases the flock
+            self.fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def lock_holder(root: str | Path) -> dict | None:
+    """The holder recorded in RUN/.lock while a writer holds it ({"pid", "host", "command", "started"}),
+    or None; read without locking, so readers never wait."""
+    try:
+        holder = json.loads((Path(root) / ".lock").read_text() or "null")
+    except (OSError, ValueError):
+        return None
+    if not isinstance(holder, dict) or not isinstance(holder.get("pid"), int):
+        return None
+    if holder.get("host") == socket.gethostname():
+        try:
+            os.kill(holder["pid"], 0)
+        except ProcessLookupError:
+            return None  # killed before it could clear the file; the OS released its lock
+        except PermissionError:
+            pass
+    return holder
+
+
+def describe_holder(holder: dict | None) -> str:
+    """A lock_holder(...) record in words."""
+    if holder is None:
+        return "another process"
+    return f"PID {holder['pid']} on {holder.get('host', '?')} (`{holder.get('command', '?')}`, since {holder.get('started', '?')})"
+
+
 class RunDir:
     """Paths of a run directory (see DESIGN.md, "Run directory")."""
 
@@ -220,6 +304,11 @@ class RunDir:
     @property
     def eval(self) -> Path:
         return self.root / "eval"
+
+    def lock(self, command: str) -> RunLock:
+        """The writer lock: `with run.lock("vqvae2 sample ..."):` refuses at once (RunDirBusy) while
+        another process writes this run."""
+        return RunLock(self.root, command)
 
     def stage_hash(self, stage_dir: Path) -> str | None:
         """The config hash recorded by a finished stage, or None when it has not finished."""

@@ -4,10 +4,11 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 from .allocator import keep_freed_memory
-from .artifacts import RunDir, read_json, write_json
+from .artifacts import RunDir, RunDirBusy, read_json, write_json
 from .train import TrainingError
 from .config import ConfigNote, PipelineConfig, config_from_dict, preset_names, resolve_config
 
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as e:
         print(f"vqvae2: interrupted: {e}", file=sys.stderr)
         code = 130
-    except (ValueError, FileNotFoundError, NotADirectoryError, TrainingError) as e:
+    except (ValueError, FileNotFoundError, NotADirectoryError, TrainingError, RunDirBusy) as e:
         print(f"vqvae2 {args.command}: error: {e}", file=sys.stderr)
         code = 2
     finally:
@@ -176,8 +177,6 @@ def end_processes(orderly: bool) -> None:
 
 
 def _dispatch(args, run: RunDir) -> int:
-    from . import run as pipeline
-
     if args.command == "status":
         return _status(args, run)
     overrides = list(args.overrides)
@@ -198,6 +197,43 @@ def _dispatch(args, run: RunDir) -> int:
             overrides.append(f"eval.n_samples={args.n_samples}")
         if args.reference_stats:
             overrides.append(f"eval.reference_stats='{args.reference_stats}'")
+    with _one_writer(run, args.command):
+        return _write(args, run, overrides)
+
+
+@contextmanager
+def _one_writer(run: RunDir, command: str):
+    """The run-directory lock for the whole command, taken by the main process; when it is refused,
+    every process of a launched run stops alike."""
+    lock, refusal = None, None
+    if _is_main_process():
+        try:
+            lock = run.lock(f"vqvae2 {command} (" + " ".join(sys.argv[1:])[:200] + ")").acquire()
+        except (RunDirBusy, ValueError) as e:
+            refusal = e
+    if _others_must_stop(refusal is not None):
+        raise refusal or RunDirBusy(f"{run.root}: the main process could not lock the run directory")
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _others_must_stop(failed: bool) -> bool:
+    """Whether the main process failed, as every process of a launched run sees it (one broadcast)."""
+    import torch
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return failed
+    flag = torch.tensor([int(failed)])
+    dist.broadcast(flag, src=0)
+    return bool(flag.item())
+
+
+def _write(args, run: RunDir, overrides: list[str]) -> int:
+    from . import run as pipeline
+
     cfg = load_run_config(run, getattr(args, "preset", None), overrides)
 
     if args.command == "run":

@@ -43,8 +43,10 @@ def extract_codes(cfg: PipelineConfig, run: RunDir, batch_size: int = 256, devic
     model = VQVAE2.from_pretrained(run.vqvae, map_location=device).eval()
     weights_hash = vqvae_weights_hash(run)
     datasets = dict(zip(SPLITS, build_datasets(cfg.data)))
-    tmp_root = run.root / "codes.tmp"
-    shutil.rmtree(tmp_root, ignore_errors=True)
+    for stale in run.root.glob("codes.tmp*"):  # left by a killed extraction
+        shutil.rmtree(stale, ignore_errors=True)
+    run.root.mkdir(parents=True, exist_ok=True)
+    tmp_root = Path(tempfile.mkdtemp(prefix="codes.tmp-", dir=run.root))
     counts = {}
     for split, ds in datasets.items():
         out = tmp_root / split

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .artifacts import RunDir, find_training_state, read_json
+from .artifacts import RunDir, describe_holder, find_training_state, lock_holder, read_json
 from .config import PipelineConfig, config_from_dict, format_temperature
 from .curves import read_records
 
@@ -147,7 +147,7 @@ def _codes(cfg: PipelineConfig, run: RunDir, root: str) -> StageStatus:
                      lambda m: (f"{m['n']['train']} train, {m['n']['val']} val items", {"n": m["n"]}))
     if done is not None:
         return done
-    if (run.root / "codes.tmp").is_dir():
+    if any(p.is_dir() for p in run.root.glob("codes.tmp*")):
         return StageStatus("codes", IN_PROGRESS, "extracting", command)
     return StageStatus("codes", NOT_STARTED, "", command)
 
@@ -192,8 +192,9 @@ def _eval(cfg: PipelineConfig, run: RunDir, root: str) -> StageStatus:
 def run_status(run: RunDir) -> dict:
     """Every stage's StageStatus (as dicts, in pipeline order) and the next command to run."""
     root = str(run.root)
+    writer = lock_holder(run.root)  # the process writing the run now, if any (read without locking)
     if not run.config.is_file():
-        return {"run_dir": root, "config": None, "stages": [],
+        return {"run_dir": root, "config": None, "stages": [], "writer": writer,
                 "next": f"vqvae2 run --preset PRESET --run-dir {root}", "next_stage": None}
     cfg = config_from_dict(read_json(run.config), where=str(run.config))
     stages = [_vqvae(cfg, run, root), _codes(cfg, run, root),
@@ -201,14 +202,16 @@ def run_status(run: RunDir) -> dict:
     if cfg.eval.enabled:
         stages += [_classifier(cfg, run, root), _eval(cfg, run, root)]
     todo = next((s for s in stages if s.state != DONE), None)
-    return {"run_dir": root, "config": str(run.config), "stages": [asdict(s) for s in stages],
+    return {"run_dir": root, "config": str(run.config), "stages": [asdict(s) for s in stages], "writer": writer,
             "next": todo.command if todo else None, "next_stage": todo.stage if todo else None}
 
 
 def render_status(status: dict) -> str:
     """A plain-text table of run_status(...) and the next command."""
+    writer = [f"being written now by {describe_holder(status['writer'])}"] if status.get("writer") else []
     if status["config"] is None:
-        return f"{status['run_dir']}: no config.json, nothing has run yet\nnext: {status['next']}\n"
+        return "\n".join([f"{status['run_dir']}: no config.json, nothing has run yet", f"next: {status['next']}",
+                          *writer]) + "\n"
     rows = [("stage", "state", "progress / result")] + [(s["stage"], s["state"], s["detail"]) for s in status["stages"]]
     w0, w1 = (max(len(r[i]) for r in rows) for i in (0, 1))
     lines = [f"{a:<{w0}}  {b:<{w1}}  {c}".rstrip() for a, b, c in rows]
@@ -218,4 +221,4 @@ def render_status(status: dict) -> str:
     else:
         step = todo["metrics"].get("step") if todo["state"] == IN_PROGRESS else None
         lines += ["", f"next: {status['next']}" + (f"   (resumes from step {step})" if step else "")]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + writer) + "\n"

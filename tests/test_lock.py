@@ -1,0 +1,124 @@
+"""One writer per run directory (pipelines/artifacts.py RunLock): a second writer is refused at once,
+naming the holder; a killed holder leaves no stale lock; readers never take it."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipelines.artifacts import RunDir, RunDirBusy, lock_holder, save_training_state
+from pipelines.cli import main
+
+from conftest import TINY_PRIORS, folder_overrides, make_image_folder
+
+pytestmark = pytest.mark.reliability
+REPO = Path(__file__).resolve().parents[1]
+HOLD = ("import sys; from pipelines.artifacts import RunDir; "
+        "lock = RunDir(sys.argv[1]).lock('vqvae2 train-vqvae (held by the test)').acquire(); "
+        "print('held', flush=True); sys.stdin.read()")
+
+
+@pytest.fixture(scope="module")
+def sampled_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lock")
+    run = root / "run"
+    argv = ["run", "--preset", "demo", "--run-dir", str(run), "--until", "priors"]
+    for o in [*folder_overrides(make_image_folder(root / "images")), *TINY_PRIORS]:
+        argv += ["--set", o]
+    assert main(argv) == 0
+    return run
+
+
+def _holder(run: Path) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(run)], cwd=REPO, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_second_writer_is_refused_naming_the_holder_and_changes_nothing(tmp_path, capsys):
+    """A second command on a run directory another process writes -> refused at once, one line naming the holder's PID and command; config.json untouched"""
+    run = tmp_path / "run"
+    holder = _holder(run)
+    try:
+        before = sorted(p.name for p in run.iterdir())
+        for argv in (["train-vqvae", "--preset", "demo"], ["sample", "--seed", "2"], ["run", "--preset", "demo"]):
+            assert main([argv[0], "--run-dir", str(run), *argv[1:]]) == 2
+            err = capsys.readouterr().err.strip()
+            assert len(err.splitlines()) == 1, err
+            assert f"PID {holder.pid}" in err and "train-vqvae (held by the test)" in err and "being written" in err
+        assert sorted(p.name for p in run.iterdir()) == before == [".lock"]  # no config.json was written
+        # readers do not take the lock: status works and names the writer
+        assert main(["status", "--run-dir", str(run)]) == 0
+        assert f"being written now by PID {holder.pid}" in capsys.readouterr().out
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
+    """SIGKILL of the process holding the run-directory lock -> the OS releases it: the next writer goes ahead"""
+    run = tmp_path / "run"
+    holder = _holder(run)
+    with pytest.raises(RunDirBusy, match=f"PID {holder.pid}"):
+        RunDir(run).lock("second").acquire()
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    assert lock_holder(run) is None  # the file still names the dead PID, which is not taken for a writer
+    with RunDir(run).lock("third"):
+        assert lock_holder(run)["pid"] == os.getpid() and lock_holder(run)["command"] == "third"
+    assert lock_holder(run) is None
+
+
+def test_the_lock_refuses_a_run_directory_that_is_a_file(tmp_path, capsys):
+    """--run-dir naming a file -> one line saying it is a file, no traceback"""
+    path = tmp_path / "run"
+    path.write_text("not a directory")
+    assert main(["train-vqvae", "--run-dir", str(path), "--preset", "demo"]) == 2
+    assert capsys.readouterr().err.strip() == f"vqvae2 train-vqvae: error: run directory {path} is a file, not a directory"
+
+
+def test_concurrent_samplers_the_first_gets_exactly_a_lone_runs_samples(sampled_run, tmp_path, capsys):
+    """Two `vqvae2 sample` on one run (seeds 1 and 2) -> the second is refused while the first runs; the first's samples.npz equals a lone run's, array for array"""
+    alone = tmp_path / "alone"
+    shutil.copytree(sampled_run, alone)
+    assert main(["sample", "--run-dir", str(alone), "--seed", "1", "--n", "64"]) == 0
+    capsys.readouterr()
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    first = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "sample", "--run-dir", str(sampled_run),
+                              "--seed", "1", "--n", "64"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    t0 = time.time()
+    while (lock_holder(sampled_run) or {}).get("pid") != first.pid:
+        assert first.poll() is None and time.time() - t0 < 120, first.communicate()[0][-2000:]
+        time.sleep(0.002)
+    code = main(["sample", "--run-dir", str(sampled_run), "--seed", "2", "--n", "64"])
+    err = capsys.readouterr().err
+    out = first.communicate(timeout=300)[0]
+    assert first.returncode == 0, out[-2000:]
+    assert code == 2 and f"PID {first.pid}" in err, err
+    got = np.load(RunDir(sampled_run).samples / "samples.npz")
+    ref = np.load(RunDir(alone).samples / "samples.npz")
+    assert sorted(got.files) == sorted(ref.files)
+    for key in ref.files:
+        np.testing.assert_array_equal(got[key], ref[key], err_msg=key)
+    meta, lone = (json.loads((RunDir(r).samples / "metrics.json").read_text()) for r in (sampled_run, alone))
+    assert meta.pop("outputs") == [str(RunDir(sampled_run).samples / "samples.npz")]
+    assert meta["seed"] == 1 and meta == {k: v for k, v in lone.items() if k != "outputs"}
+
+
+def test_training_states_use_unique_temporary_names(tmp_path):
+    """A state left half-written by a killed writer (state.tmp*) -> removed by the next save, which writes under a name of its own"""
+    import torch
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.Adam(model.parameters())
+    (tmp_path / "state.tmp").mkdir()
+    (tmp_path / "state.tmp-abc").mkdir()
+    save_training_state(tmp_path / "state", model, opt, {"step": 1})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state"]
