@@ -6,8 +6,12 @@ at n = 1k, 5k, 10k, 50k against the 10,000 test images (issue 10).
 The run needs trained priors and classifier (`vqvae2 run --preset fashion32 --run-dir RUN --until
 classifier`). Draws 50,000 class-conditional samples (classes spread evenly, no rejection) into a
 chunked store (resumable; `RUN/fid-bias-samples/`), embeds them once with the run's domain feature
-network, and computes FD-domain of the first n samples for each n, plus the mean and spread over
-disjoint subsets of size n (how much one n-sample estimate varies).
+network, and computes FD-domain of the first n samples for each n with its bootstrap interval (as
+`vqvae2 evaluate` reports it), the mean and spread over disjoint subsets of size n (how much one
+n-sample estimate varies), and FD at infinite samples (Chong & Forsyth 2020) of all the samples, checked
+against the disjoint-subset means: it should lie within their spread, two subset standard deviations
+of each (the 95% range of one n-sample estimate, the level of the intervals).
+A reduced run (e.g. --n 1000,2500,5000) is a quick check; fd_infinity needs at least 5,000 samples.
 """
 from __future__ import annotations
 
@@ -21,7 +25,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from eval.metrics import FeatureExtractor, fd_from_stats  # noqa: E402
+from eval.metrics import (FD_CI_LEVEL, FD_INFINITY_METHOD, FD_INFINITY_MIN_N, FeatureExtractor,  # noqa: E402
+                          ReferenceStats, fd_at_infinity, fd_ci_method, fd_from_stats, fd_interval)
 from pipelines.artifacts import RunDir, write_json  # noqa: E402
 from pipelines.cli import init_processes, load_run_config  # noqa: E402
 from pipelines.data import build_datasets  # noqa: E402
@@ -38,6 +43,7 @@ def main() -> None:
     ap.add_argument("--run-dir", type=Path, default=Path("bench-out/fashion32"))
     ap.add_argument("--n", default="1000,5000,10000,50000", help="sample counts, comma-separated")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--resamples", type=int, default=100, help="bootstrap resamples behind each interval")
     ap.add_argument("--keep-samples", action="store_true", help="keep RUN/fid-bias-samples/ afterwards")
     args = ap.parse_args()
     ns = sorted(int(v) for v in args.n.split(","))
@@ -66,19 +72,35 @@ def main() -> None:
     real = net.extract(image_batches(test_set, 0, 1000), 1000)
     feature_seconds = time.perf_counter() - t0
 
-    first, mean, std, subsets = [], [], [], []
+    ref = ReferenceStats.from_features(real, spec, keep_features=False)  # the reference's statistics, once
+    t0 = time.perf_counter()
+    first, intervals, mean, std, subsets = [], [], [], [], []
     for n in ns:
-        first.append(fd_from_stats(gen.subset(torch.arange(n)), real))
+        first.append(fd_from_stats(gen.subset(torch.arange(n)), ref))
+        intervals.append(fd_interval(gen.subset(torch.arange(n)), ref, args.resamples, args.seed, fd=first[-1]))
         k = n_max // n  # disjoint subsets of size n
-        values = [fd_from_stats(gen.subset(torch.arange(i * n, (i + 1) * n)), real) for i in range(k)]
+        values = [fd_from_stats(gen.subset(torch.arange(i * n, (i + 1) * n)), ref) for i in range(k)]
         mean.append(float(np.mean(values)))
         std.append(float(np.std(values, ddof=1)) if k > 1 else None)
         subsets.append(k)
+    fit = fd_at_infinity(gen, ref, args.seed) if n_max >= FD_INFINITY_MIN_N else None
+    fd_inf = fit["fd_infinity"] if fit else None
+    metric_seconds = time.perf_counter() - t0
     result = {
-        "preset": "fashion32", "run_dir": str(run.root), "n": ns, "fd_domain": first,
+        "preset": "fashion32", "data": cfg.data.name, "run_dir": str(run.root), "n": ns, "fd_domain": first,
+        "fd_domain_ci": intervals, "fd_ci_method": fd_ci_method(args.resamples), "fd_ci_level": FD_CI_LEVEL,
+        "fd_domain_ci_width_over_subset_std": [(hi - lo) / s if s else None for (lo, hi), s in zip(intervals, std)],
         "fd_domain_mean_over_subsets": mean, "fd_domain_std_over_subsets": std, "n_subsets": subsets,
+        "fd_infinity": fd_inf, "fd_infinity_method": FD_INFINITY_METHOD if fit else
+        f"not computed: fewer than {FD_INFINITY_MIN_N:,} samples", "fd_infinity_fit": fit,
+        # FD at infinite samples against each disjoint-subset mean, in units of that n's subset spread
+        "fd_infinity_minus_subset_mean_over_std": [(fd_inf - m) / s if fd_inf is not None and s else None
+                                                   for m, s in zip(mean, std)],
+        "fd_infinity_within_subset_spread": None if fd_inf is None or not any(std) else
+        all(abs(fd_inf - m) <= 2 * s for m, s in zip(mean, std) if s),
         "n_real": len(real), "extractor": spec.name, "seed": args.seed, "class_conditional": labels is not None,
         "acceptance_rate": 1.0, "sample_seconds": sample_seconds, "feature_seconds": feature_seconds,
+        "metric_seconds": metric_seconds, "resize": spec.resize,
         "bias_1k_over_50k": first[0] - first[-1] if len(ns) > 1 else None, "torch": torch.__version__,
     }
     if not args.keep_samples:

@@ -5,18 +5,22 @@ and the extra keyword arguments its constructor takes. Nothing here downloads an
 Inception weights are an error saying where to put the file. No path ever reaches torch-fidelity:
 it builds extractors by name from its registry, and the classes registered here carry weights that
 were already loaded safely (`torch.load(weights_only=True)` for the Inception .pth, the run's
-classifier for `domain`).
+classifier for `domain`). The spec also says how images reach the network's input size (`resize`,
+RESIZE_MODES): the network's own resize, or PIL bicubic first (`clean_resize`); docs/evaluation.md.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
@@ -30,6 +34,10 @@ INCEPTION_PREFIX = "vqvae2-inception-"
 INCEPTION_WEIGHTS_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
                          + INCEPTION_WEIGHTS_FILE)
 DOMAIN_PREFIX = "vqvae2-domain-"
+# "torch-fidelity": images reach the network as they are and it resizes them itself (Inception: TF1-style
+# bilinear, no antialiasing, as the original FID code); "clean": PIL bicubic to the network's input size
+# first (clean-fid's convention, Parmar et al. 2022), so the network's own resize has nothing left to do
+RESIZE_MODES = ("torch-fidelity", "clean")
 
 
 @dataclass(frozen=True)
@@ -39,6 +47,17 @@ class ExtractorSpec:
     weights_hash: str  # the weights file's full SHA-256 (inception) or a hash of the state dict (domain)
     fidelity_kwargs: dict[str, Any] = field(default_factory=dict)
     standard: bool = False  # inception only: the file is the standard FID weights (by SHA-256)
+    input_size: int | None = None  # the square side the network works at (Inception 299); "clean" resizes to it
+    resize: str = "torch-fidelity"  # one of RESIZE_MODES
+
+    def with_resize(self, mode: str) -> "ExtractorSpec":
+        """The same extractor with images resized by `mode` before it sees them."""
+        if mode not in RESIZE_MODES:
+            raise ValueError(f"resize mode must be one of {', '.join(RESIZE_MODES)}, got {mode!r}")
+        if mode == "clean" and not self.input_size:
+            raise ValueError(f"extractor {self.name!r} has no fixed input size, so the 'clean' resize has no target "
+                             f"size; use resize 'torch-fidelity'")
+        return dataclasses.replace(self, resize=mode)
 
     @property
     def fd_label(self) -> str:
@@ -47,6 +66,19 @@ class ExtractorSpec:
         if self.kind == "inception":
             return "FID" if self.standard else f"FD-inception (non-standard weights, sha256 {self.weights_hash[:16]})"
         return f"FD-{self.kind}"
+
+
+def clean_resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> uint8 (N, C, size, size) by PIL's bicubic filter, one image at a time (PIL
+    widens the filter when shrinking, so nothing aliases). clean-fid keeps the result in float; the
+    extractors here take uint8, so PIL's own uint8 output is used: within rounding of clean-fid's input."""
+    if tuple(images.shape[-2:]) == (size, size):
+        return images
+    out = []
+    for img in images.permute(0, 2, 3, 1).numpy():  # (H, W, C) uint8
+        pil = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)
+        out.append(np.asarray(pil.resize((size, size), Image.BICUBIC)).reshape(size, size, -1))
+    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous()
 
 
 # inception
@@ -148,7 +180,8 @@ def inception_extractor(weights_path: str | Path | None = None, internal_dtype: 
     kwargs: dict[str, Any] = {}
     if internal_dtype is not None:
         kwargs["feature_extractor_internal_dtype"] = internal_dtype
-    return ExtractorSpec("inception", name, sha, kwargs, standard=sha.startswith(INCEPTION_SHA256_PREFIX))
+    return ExtractorSpec("inception", name, sha, kwargs, standard=sha.startswith(INCEPTION_SHA256_PREFIX),
+                         input_size=FeatureExtractorInceptionV3.INPUT_IMAGE_SIZE)
 
 
 # domain
@@ -208,4 +241,4 @@ def domain_extractor(classifier: Classifier) -> ExtractorSpec:
         frozen = copy.deepcopy(classifier).cpu().float().eval().requires_grad_(False)
         cls = type(f"DomainFeatureExtractor_{digest}", (DomainFeatureExtractor,), {"template": frozen})
         register_feature_extractor(name, cls)
-    return ExtractorSpec("domain", name, digest)
+    return ExtractorSpec("domain", name, digest, input_size=classifier.config.image_size)

@@ -8,9 +8,14 @@ acceptance rate, and a reference-statistics file (`mu`, `sigma`) can stand in fo
 
 Convention: generated images are torch-fidelity's input1, real images input2, so precision is
 "generated inside the real manifold" and recall "real inside the generated manifold" (k = 3).
+
+Every FD comes with a bootstrap interval over the generated samples (`fd_interval`) and, from 5,000
+samples on, the FD at infinite samples (`fd_at_infinity`, Chong & Forsyth 2020); both call the one FD
+function (torch-fidelity's) on rows of the features already extracted. docs/evaluation.md explains them.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -26,10 +31,13 @@ from torch_fidelity.metric_prc import prc_features_to_metric
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from torch_fidelity.utils import create_feature_extractor
 
-from .features import ExtractorSpec
+from .features import ExtractorSpec, clean_resize
 
 PRC_NEIGHBORHOOD = 3
 FID_PROTOCOL_N = 50_000  # the sample count behind published FIDs; fewer biases FD upward
+FD_CI_LEVEL = 0.95
+FD_INFINITY_MIN_N = 5_000  # Chong & Forsyth fit from 5,000 samples up: below, FD is not yet linear in 1/N
+FD_INFINITY_POINTS = 15  # subset sizes of the fit, as in their code
 
 
 class UInt8Images(Dataset):
@@ -86,6 +94,7 @@ class FeatureExtractor:
         if cls.__module__.startswith("torch_fidelity."):
             raise ValueError(f"{spec.name!r} is one of torch-fidelity's own extractors, which read weights from a path "
                              f"with pickle or download them; use eval.features.inception_extractor or domain_extractor")
+        spec.with_resize(spec.resize)  # a mode the extractor can do
         self.spec = spec
         self.fid_layer = cls.get_default_feature_layer_for_metric("fid")
         self.isc_layer = cls.get_default_feature_layer_for_metric("isc")
@@ -98,6 +107,8 @@ class FeatureExtractor:
         """uint8 (B, 1 or 3, H, W) -> (features (B, D), logits (B, K)), float32 on CPU."""
         x = _check_uint8(images, "images")
         x = x.repeat(1, 3, 1, 1) if x.shape[1] == 1 else x
+        if self.spec.resize == "clean":
+            x = clean_resize(x, self.spec.input_size)  # (B, 3, S, S): the network's own resize is then a no-op
         if self.cuda:
             x = x.cuda(non_blocking=True)
         out = self.net.convert_features_tuple_to_dict(self.net(x))
@@ -135,13 +146,14 @@ class ReferenceStats:
     n: int
     features: torch.Tensor | None = None
     source: str = ""
+    resize: str = "torch-fidelity"  # how images were resized before the extractor (files without it predate "clean")
 
     @classmethod
     def from_features(cls, feats: Features, spec: ExtractorSpec, source: str = "",
                       keep_features: bool = True) -> "ReferenceStats":
-        stats = fid_features_to_statistics(feats.features.double())
-        return cls(np.asarray(stats["mu"], np.float64), np.asarray(stats["sigma"], np.float64), spec.name,
-                   spec.weights_hash, len(feats), feats.features if keep_features else None, source)
+        stats = _stats(feats)
+        return cls(stats["mu"], stats["sigma"], spec.name, spec.weights_hash, len(feats),
+                   feats.features if keep_features else None, source, spec.resize)
 
     def check_extractor(self, spec: ExtractorSpec, path: str | Path = "reference statistics") -> None:
         if self.extractor != spec.name or self.weights_sha256 != spec.weights_hash:
@@ -149,6 +161,10 @@ class ReferenceStats:
                              f"{self.weights_sha256[:16]}), but this evaluation uses {spec.name!r} (weights sha256 "
                              f"{spec.weights_hash[:16]}); make the statistics again with `vqvae2 fid-stats` and the "
                              f"same extractor and weights")
+        if self.resize != spec.resize:
+            raise ValueError(f"{path} was made with resize {self.resize!r}, but this evaluation uses resize "
+                             f"{spec.resize!r} (eval.resize); the resize alone moves FD, so make the statistics again "
+                             f"with `vqvae2 fid-stats` and the same eval.resize")
 
     def save(self, path: str | Path) -> Path:
         """The common FID-statistics layout (float64 `mu`, `sigma`) plus provenance keys beside them."""
@@ -156,7 +172,8 @@ class ReferenceStats:
 
         arrays = {"mu": self.mu, "sigma": self.sigma, "extractor": np.array(self.extractor),
                   "weights_sha256": np.array(self.weights_sha256), "n": np.array(self.n, np.int64),
-                  "source": np.array(self.source), "torch_fidelity_version": np.array(torch_fidelity.__version__)}
+                  "source": np.array(self.source), "resize": np.array(self.resize),
+                  "torch_fidelity_version": np.array(torch_fidelity.__version__)}
         if self.features is not None:
             arrays["features"] = self.features.float().numpy()
 
@@ -184,29 +201,106 @@ class ReferenceStats:
             raise ValueError(f"{path}: mu must be (D,) and sigma (D, D), got {mu.shape} and {sigma.shape}")
         feats = torch.from_numpy(data["features"]) if "features" in data else None
         return cls(mu, sigma, str(data["extractor"]), str(data["weights_sha256"]),
-                   int(data["n"]) if "n" in data else 0, feats, str(data.get("source", "")))
+                   int(data["n"]) if "n" in data else 0, feats, str(data.get("source", "")),
+                   str(data.get("resize", "torch-fidelity")))
 
 
 # metrics
 
-def fd_from_stats(a: ReferenceStats | Features, b: ReferenceStats | Features) -> float:
-    """Frechet distance between two Gaussians (float64), by torch-fidelity's formula."""
-    sa, sb = (_stats(x) for x in (a, b))
-    return float(fid_statistics_to_metric(sa, sb, verbose=False)["frechet_inception_distance"])
+Stats = dict[str, np.ndarray]  # {"mu": (D,), "sigma": (D, D)} float64, torch-fidelity's layout
 
 
-def _stats(x: ReferenceStats | Features) -> dict[str, np.ndarray]:
+def _stats(x: ReferenceStats | Features | Stats | torch.Tensor) -> Stats:
+    if isinstance(x, dict):
+        return x
     if isinstance(x, ReferenceStats):
         return {"mu": x.mu, "sigma": x.sigma}
-    s = fid_features_to_statistics(x.features.double())
+    feats = x.features if isinstance(x, Features) else x  # (N, D)
+    s = fid_features_to_statistics(feats.double())
     return {"mu": np.asarray(s["mu"], np.float64), "sigma": np.asarray(s["sigma"], np.float64)}
+
+
+def fd_from_stats(a: ReferenceStats | Features | Stats, b: ReferenceStats | Features | Stats) -> float:
+    """Frechet distance between two Gaussians (float64), by torch-fidelity's formula: the one FD here."""
+    return float(fid_statistics_to_metric(_stats(a), _stats(b), verbose=False)["frechet_inception_distance"])
+
+
+def fd_interval(gen: Features, real: ReferenceStats | Features | Stats, resamples: int = 100, seed: int = 0,
+                level: float = FD_CI_LEVEL, fd: float | None = None) -> list[float]:
+    """[low, high]: a `level` bootstrap interval of FD(gen, real), over the generated samples (their
+    feature rows drawn with replacement `resamples` times from `seed`; the reference held fixed).
+
+    The resampled FDs' percentile spread is centred on the observed FD (`fd`, computed when not given):
+    a resample repeats rows, which raises FD about as much as fewer samples would, so the raw
+    percentiles would sit above the number they describe. Clipped at 0, which no FD is below."""
+    if resamples < 2:
+        raise ValueError(f"a bootstrap interval needs at least 2 resamples, got {resamples}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    ref = _stats(real)
+    fd = fd_from_stats(gen, ref) if fd is None else fd
+    g = torch.Generator().manual_seed(seed)
+    n = len(gen)
+    values = [fd_from_stats(gen.features[torch.randint(n, (n,), generator=g)], ref) for _ in range(resamples)]
+    low, mid, high = np.quantile(values, [(1 - level) / 2, 0.5, (1 + level) / 2])
+    return [max(0.0, float(fd - (mid - low))), float(fd + (high - mid))]
+
+
+def fd_at_infinity(gen: Features, real: ReferenceStats | Features | Stats, seed: int = 0,
+                   points: int = FD_INFINITY_POINTS) -> dict[str, Any]:
+    """FD at infinite samples (Chong & Forsyth 2020, "Effectively Unbiased FID and Inception Score and
+    where to find them"): FD of random subsets of N generated samples, N evenly spaced from
+    min(5,000, n/2) to n, fitted by least squares as a line in 1/N; FD_inf is its intercept (1/N = 0).
+    FD's bias is close to c/N, so the intercept may be compared across sample counts; FD at N may not.
+    Returns {"fd_infinity", "slope", "n": [N...], "fd": [FD_N...]}."""
+    n = len(gen)
+    if n < FD_INFINITY_MIN_N:
+        raise ValueError(f"FD at infinite samples needs at least {FD_INFINITY_MIN_N:,} generated samples, got {n:,}")
+    sizes = np.unique(np.linspace(min(FD_INFINITY_MIN_N, n // 2), n, points).astype(np.int64))
+    ref = _stats(real)
+    g = torch.Generator().manual_seed(seed)
+    fds = [fd_from_stats(gen.features[torch.randperm(n, generator=g)[:m]], ref) for m in sizes]
+    slope, intercept = np.polyfit(1.0 / sizes, fds, 1)
+    return {"fd_infinity": float(intercept), "slope": float(slope), "n": sizes.tolist(), "fd": [float(v) for v in fds]}
+
+
+class PSNR:
+    """Peak signal-to-noise ratio (dB) of uint8 images against their originals, from the mean squared
+    error over every value of every image seen (`update` per batch, `value` at the end)."""
+
+    def __init__(self):
+        self.squared_error, self.count = 0.0, 0
+
+    def update(self, original: torch.Tensor, reconstruction: torch.Tensor) -> None:
+        if original.shape != reconstruction.shape or {original.dtype, reconstruction.dtype} != {torch.uint8}:
+            raise ValueError(f"PSNR compares uint8 images of one shape, got {original.dtype} {tuple(original.shape)} "
+                             f"and {reconstruction.dtype} {tuple(reconstruction.shape)}")
+        self.squared_error += float((original.double() - reconstruction.double()).pow(2).sum())
+        self.count += original.numel()
+
+    def value(self) -> float:
+        if self.count == 0:
+            raise ValueError("PSNR of no images")
+        mse = self.squared_error / self.count
+        return math.inf if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
+
+
+def fd_ci_method(resamples: int, level: float = FD_CI_LEVEL) -> str:
+    return (f"{level:.0%} bootstrap interval: {resamples} resamples (with replacement) of the generated samples' "
+            f"features, the reference held fixed; percentile spread centred on the reported FD")
+
+
+FD_INFINITY_METHOD = (f"Chong & Forsyth 2020: least-squares line of FD against 1/N over {FD_INFINITY_POINTS} random "
+                      f"subsets, N evenly spaced from min({FD_INFINITY_MIN_N:,}, n/2) to n; the intercept at 1/N = 0; "
+                      f"only when n >= {FD_INFINITY_MIN_N:,}")
 
 
 def metrics_from_features(gen: Features, real: Features | ReferenceStats, spec: ExtractorSpec, *,
                           kid_subset_size: int | None = None, kid_subsets: int = 100, isc_splits: int | None = None,
-                          seed: int = 0) -> dict[str, Any]:
-    """FD, KID, IS, precision and recall of generated vs real features, with provenance. When `real` is
-    a ReferenceStats without features, KID and precision/recall are None (mu and sigma do not give them)."""
+                          seed: int = 0, fd_resamples: int = 0) -> dict[str, Any]:
+    """FD (with a bootstrap interval `fd_ci` when fd_resamples > 0, and `fd_infinity` from 5,000 samples),
+    KID, IS, precision and recall of generated vs real features, with provenance. When `real` is a
+    ReferenceStats without features, KID and precision/recall are None (mu and sigma do not give them)."""
     n_gen = len(gen)
     real_feats = real.features if isinstance(real, ReferenceStats) else real.features
     n_real = real.n if isinstance(real, ReferenceStats) else len(real)
@@ -216,7 +310,15 @@ def metrics_from_features(gen: Features, real: Features | ReferenceStats, spec: 
         isc_splits = min(10, n_gen)
     if not 1 <= isc_splits <= n_gen:
         raise ValueError(f"isc_splits must be in [1, n_generated = {n_gen}], got {isc_splits}")
-    out: dict[str, Any] = {"fd": fd_from_stats(gen, real)}
+    if fd_resamples < 0 or fd_resamples == 1:
+        raise ValueError(f"fd_resamples must be 0 (no interval) or >= 2, got {fd_resamples}")
+    ref = _stats(real)  # once: every FD below is against it
+    fd = fd_from_stats(gen, ref)
+    out: dict[str, Any] = {
+        "fd": fd,
+        "fd_ci": fd_interval(gen, ref, fd_resamples, seed, fd=fd) if fd_resamples else None,
+        "fd_infinity": fd_at_infinity(gen, ref, seed)["fd_infinity"] if n_gen >= FD_INFINITY_MIN_N else None,
+    }
     isc = isc_features_to_metric(gen.logits, splits=isc_splits, shuffle=True, rng_seed=seed)
     out.update(is_mean=float(isc["inception_score_mean"]), is_std=float(isc["inception_score_std"]))
     if real_feats is not None:
@@ -247,6 +349,9 @@ def metrics_from_features(gen: Features, real: Features | ReferenceStats, spec: 
         "torch_fidelity_version": torch_fidelity.__version__,
         "n_generated": n_gen, "n_real": n_real, "seed": seed, "kid_subset_size": kid_subset_size,
         "prc_neighborhood": PRC_NEIGHBORHOOD, "isc_splits": isc_splits,
+        "resize": spec.resize, "input_size": spec.input_size,
+        "fd_ci_method": fd_ci_method(fd_resamples) if fd_resamples else None, "fd_ci_resamples": fd_resamples,
+        "fd_infinity_method": FD_INFINITY_METHOD,
     })
     return out
 
@@ -260,6 +365,7 @@ def compute_metrics(
     kid_subsets: int = 100,
     isc_splits: int | None = None,
     seed: int = 0,
+    fd_resamples: int = 0,
     batch_size: int = 64,
     device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
@@ -275,4 +381,4 @@ def compute_metrics(
     net = FeatureExtractor(extractor, device)
     return metrics_from_features(net.extract([gen], batch_size), net.extract([real], batch_size), extractor,
                                  kid_subset_size=kid_subset_size, kid_subsets=kid_subsets, isc_splits=isc_splits,
-                                 seed=seed)
+                                 seed=seed, fd_resamples=fd_resamples)

@@ -18,7 +18,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from eval.classifier import Classifier, predict_proba, weights_hash
 from eval.features import ExtractorSpec, domain_extractor, inception_extractor
-from eval.metrics import FID_PROTOCOL_N, FeatureExtractor, Features, ReferenceStats, metrics_from_features
+from eval.metrics import (FD_INFINITY_MIN_N, FID_PROTOCOL_N, PSNR, FeatureExtractor, Features, ReferenceStats,
+                          metrics_from_features)
 from eval.rejection import rates_needed, rejection_sample
 from eval.report import build_report, plot_tradeoff, write_report
 from vqvae2.vqvae import VQVAE2
@@ -39,15 +40,15 @@ from .stage3 import classifier_dirs, classifier_hash
 
 def extractor_spec(cfg: PipelineConfig, run: RunDir | None) -> ExtractorSpec:
     """The configured extractor: Inception (weights loaded safely, standard or not by SHA-256) or the
-    run's domain classifier."""
+    run's domain classifier, with the configured resize (eval.resize)."""
     e = cfg.eval
     if e.feature_extractor == "inception":
-        return inception_extractor(e.inception_weights or None)
+        return inception_extractor(e.inception_weights or None).with_resize(e.resize)
     if run is None or not (run.classifier / "model.safetensors").is_file():
         where = "the run" if run is None else str(run.classifier)
         raise FileNotFoundError(f"the domain extractor needs the run's classifier ({where}/model.safetensors): run "
                                 f"`vqvae2 train-classifier --run-dir RUN` first, or use --feature-extractor inception")
-    return domain_extractor(Classifier.from_pretrained(run.classifier).eval())
+    return domain_extractor(Classifier.from_pretrained(run.classifier).eval()).with_resize(e.resize)
 
 
 def image_batches(dataset: Dataset, n: int = 0, batch_size: int = 256) -> Iterator[torch.Tensor]:
@@ -58,10 +59,15 @@ def image_batches(dataset: Dataset, n: int = 0, batch_size: int = 256) -> Iterat
 
 
 @torch.no_grad()
-def reconstructions(vqvae: VQVAE2, batches: Iterator[torch.Tensor], device) -> Iterator[torch.Tensor]:
+def reconstructions(vqvae: VQVAE2, batches: Iterator[torch.Tensor], device,
+                    psnr: PSNR | None = None) -> Iterator[torch.Tensor]:
+    """uint8 reconstructions of uint8 batches through the VQ-VAE; `psnr`, when given, sees every pair."""
     for chunk in batches:
         x = chunk.to(device).float() / 127.5 - 1
-        yield to_uint8(vqvae.decode_codes(vqvae.encode(x)))
+        recon = to_uint8(vqvae.decode_codes(vqvae.encode(x)))
+        if psnr is not None:
+            psnr.update(chunk, recon)
+        yield recon
 
 
 # reference statistics: `vqvae2 fid-stats`
@@ -161,7 +167,7 @@ def evaluate(cfg: PipelineConfig, run: RunDir) -> dict | None:
         net.extract(_progress(image_batches(val_set, e.n_real, e.batch_size), "features of real images"), e.batch_size)
     n_real = real.n if isinstance(real, ReferenceStats) else len(real)
     kid_subset = min(e.kid_subset_size, e.n_samples, n_real)
-    common = dict(kid_subset_size=kid_subset, seed=e.seed)
+    common = dict(kid_subset_size=kid_subset, seed=e.seed, fd_resamples=e.fd_resamples)
 
     # 3. metrics per acceptance rate
     by_rate, accepted_probs = {}, {}
@@ -177,11 +183,14 @@ def evaluate(cfg: PipelineConfig, run: RunDir) -> dict | None:
         save_png(run.eval / f"samples-rate-{rate:g}.png",
                  grid_image(store.images(_grid_indices(idx, labels, nrow)), nrow=nrow))
 
-    # 4. the upper bound: real validation images through the VQ-VAE
-    recon_feats = net.extract(_progress(reconstructions(vqvae, image_batches(val_set, e.n_real, e.batch_size), device),
-                                        "features of reconstructions"), e.batch_size)
+    # 4. the upper bound: real validation images through the VQ-VAE (rFID against the same reference, and PSNR)
+    psnr = PSNR()
+    recon_feats = net.extract(_progress(reconstructions(vqvae, image_batches(val_set, e.n_real, e.batch_size), device,
+                                                        psnr), "features of reconstructions"), e.batch_size)
     recon = metrics_from_features(recon_feats, real, spec, kid_subset_size=min(e.kid_subset_size, len(recon_feats),
-                                                                               n_real), seed=e.seed)
+                                                                               n_real), seed=e.seed,
+                                  fd_resamples=e.fd_resamples)
+    recon["psnr"] = psnr.value()
     rejection = {"rejection": "none: the data has no class labels, so there is no classifier to reject with"} \
         if reject_net is None else dict(
             mean_classifier_prob_of_kept={f"{r:g}": p for r, p in accepted_probs.items()},
@@ -194,6 +203,9 @@ def evaluate(cfg: PipelineConfig, run: RunDir) -> dict | None:
         config_hash=eval_hash(cfg, run), seed=e.seed, n_candidates=n_cand, acceptance_rates=rates,
         reference=(f"statistics file {e.reference_stats} ({reference.source})" if reference is not None
                    else f"validation images ({n_real})"),
+        reference_split=(reference.source or f"statistics file {e.reference_stats}") if reference is not None
+        else f"{cfg.data.name} val split at {cfg.data.size} px, {n_real} images",
+        n_samples=e.n_samples, n_reconstructed=len(recon_feats),
         **rejection,
         feature_network=str(dirs["features"].relative_to(run.root)) if e.feature_extractor == "domain" else "inception",
         class_conditional=n_classes > 0, temperature=e.temperature, sampler=cfg.sample.sampler,
@@ -202,7 +214,9 @@ def evaluate(cfg: PipelineConfig, run: RunDir) -> dict | None:
     write_report(run.eval, report)
     rows = report["rows"]
     plot_tradeoff(run.eval / "tradeoff.png", [r["acceptance_rate"] for r in rows], [r["fd"] for r in rows],
-                  [r["precision"] for r in rows], [r["recall"] for r in rows], report["fd_label"])
+                  [r["precision"] for r in rows], [r["recall"] for r in rows], report["fd_label"],
+                  fd_ci=[r["fd_ci"] for r in rows], kid_mean=[r["kid_mean"] for r in rows],
+                  kid_std=[r["kid_std"] for r in rows], fd_infinity=[r["fd_infinity"] for r in rows])
     write_json(run.eval / "metrics.json", {"config_hash": eval_hash(cfg, run), "fd_label": report["fd_label"]})
     store.remove()  # the candidates can be drawn again from (seed, batch); the report is what stays
     return report
@@ -217,7 +231,8 @@ def _warnings(n_samples: int, spec: ExtractorSpec, reference: ReferenceStats | N
     if n_samples < FID_PROTOCOL_N:
         out.append(f"{n_samples:,} samples per acceptance rate, fewer than the {FID_PROTOCOL_N:,} of the standard "
                    f"protocol: Frechet distances are biased upward at small n (benchmarks/fid_bias.py measures by how "
-                   f"much), so compare only numbers made with the same n (eval.n_samples)")
+                   f"much), so compare only numbers made with the same n (eval.n_samples), or FD at infinite "
+                   f"samples (fd_infinity, reported from {FD_INFINITY_MIN_N:,} samples on)")
     if reference is not None and reference.features is None:
         out.append("the reference statistics file holds mu and sigma only: KID and precision/recall need the real "
                    "features and are not computed (make the file with `vqvae2 fid-stats` to keep them)")

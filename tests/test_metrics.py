@@ -224,3 +224,117 @@ def test_statistics_of_another_extractor_are_refused(tmp_path):
     np.savez(tmp_path / "bare.npz", mu=np.zeros(3), sigma=np.eye(3))  # another tool's file: no provenance
     with pytest.raises(ValueError, match="no 'extractor' array"):
         ReferenceStats.load(tmp_path / "bare.npz")
+
+
+# error bars, FD at infinite samples, resize, PSNR
+
+def gaussian_features(n, dim, mean, std, seed):
+    from eval.metrics import Features
+    x = np.random.default_rng(seed).normal(mean, std, size=(n, dim))
+    return Features(torch.from_numpy(x), torch.zeros(n, 2), (3, H, W))
+
+
+def test_fd_interval_covers_the_spread_of_disjoint_subsets():
+    from eval.metrics import fd_from_stats, fd_interval
+    dim, n, k = 8, 500, 20
+    ref = {"mu": np.zeros(dim), "sigma": np.eye(dim)}  # exact: only the generated side varies
+    pool = gaussian_features(n * k, dim, 0.3, 1.5, seed=0)
+    subsets = np.array([fd_from_stats(pool.subset(torch.arange(i * n, (i + 1) * n)), ref) for i in range(k)])
+    low, high = fd_interval(pool.subset(torch.arange(n)), ref, resamples=200, seed=0)
+    assert low < subsets[0] < high
+    assert low < subsets.mean() < high
+    assert ((subsets >= low) & (subsets <= high)).mean() >= 0.8  # a 95% interval: most other draws fall inside
+    assert 0.5 < (high - low) / (2 * 1.96 * subsets.std(ddof=1)) < 2  # as wide as the draws spread, not wider
+    assert fd_interval(pool.subset(torch.arange(n)), ref, resamples=200, seed=0) == [low, high]  # seeded
+
+
+def test_fd_at_infinity_recovers_a_planted_intercept():
+    from eval.metrics import fd_at_infinity
+    dim, scale = 64, 1.5
+    # generated ~ N(0, 1.5^2 I), reference exactly N(0, I): FD_inf = dim * (1.5 - 1)^2 = 16, and finite N adds
+    # about (scale^2 dim + scale dim (dim + 1) / 4) / N = 1704 / N (the sample mean's and covariance's noise)
+    known = dim * (scale - 1) ** 2
+    gen = gaussian_features(20_000, dim, 0.0, scale, seed=0)
+    fit = fd_at_infinity(gen, {"mu": np.zeros(dim), "sigma": np.eye(dim)}, seed=0)
+    assert fit["n"][0] == 5000 and fit["n"][-1] == 20_000 and len(fit["n"]) == 15
+    assert fit["fd"][0] - known > 0.2  # the planted bias is there at 5,000 samples (~0.34)...
+    assert abs(fit["fd_infinity"] - known) < 0.05  # ...and the intercept removes it
+    assert abs(fit["fd_infinity"] - known) < abs(fit["fd"][-1] - known)
+    assert 1000 < fit["slope"] < 2500
+    with pytest.raises(ValueError, match="at least 5,000"):
+        fd_at_infinity(gen.subset(torch.arange(4999)), {"mu": np.zeros(dim), "sigma": np.eye(dim)})
+
+
+def test_metrics_carry_interval_and_fd_infinity_only_from_5000_samples():
+    from eval.metrics import metrics_from_features
+    real = gaussian_features(6000, 4, 0.0, 1.0, seed=1)
+    small = metrics_from_features(gaussian_features(100, 4, 0.5, 1.0, seed=2), real, LINEAR_SPEC, kid_subset_size=10,
+                                  kid_subsets=2, fd_resamples=20)
+    assert small["fd_infinity"] is None and small["fd_ci"][0] <= small["fd"] <= small["fd_ci"][1]
+    assert small["fd_ci_resamples"] == 20 and "20 resamples" in small["fd_ci_method"]
+    assert small["resize"] == "torch-fidelity"
+    big = metrics_from_features(gaussian_features(5000, 4, 0.5, 1.0, seed=3), real, LINEAR_SPEC, kid_subset_size=10,
+                                kid_subsets=2)
+    assert big["fd_ci"] is None and big["fd_ci_method"] is None  # fd_resamples=0: no interval
+    assert big["fd_infinity"] == pytest.approx(4 * 0.25, abs=0.05)  # the means differ by 0.5 in each of 4 dims
+
+
+def test_clean_resize_equals_pils_bicubic():
+    from PIL import Image
+    from eval.features import clean_resize
+    x = torch.from_numpy(gaussian_images(3, 120, 60, seed=30))  # (3, 3, 8, 8)
+    big = torch.nn.functional.interpolate(x.float(), size=(21, 21)).round().to(torch.uint8)
+    for images, size in ((big, 8), (x, 13)):  # down and up
+        out = clean_resize(images, size)
+        assert out.dtype == torch.uint8 and out.shape == (len(images), 3, size, size)
+        for img, got in zip(images, out):
+            pil = Image.fromarray(img.permute(1, 2, 0).numpy(), "RGB").resize((size, size), Image.Resampling.BICUBIC)
+            assert np.array_equal(got.permute(1, 2, 0).numpy(), np.asarray(pil))
+    grey = x[:, :1]
+    pil = Image.fromarray(grey[0, 0].numpy(), "L").resize((5, 5), Image.Resampling.BICUBIC)
+    assert np.array_equal(clean_resize(grey, 5)[0, 0].numpy(), np.asarray(pil))
+    assert clean_resize(x, 8) is x  # already at the size: untouched
+
+
+def test_clean_resize_feeds_the_extractor_pils_images():
+    from PIL import Image
+    from eval.metrics import FeatureExtractor
+    spec = ExtractorSpec("linear", LINEAR, "none", input_size=H).with_resize("clean")
+    images = gaussian_images(4, 120, 60, seed=31)
+    big = np.repeat(np.repeat(images, 3, axis=2), 3, axis=3)  # (4, 3, 24, 24)
+    feats, _ = FeatureExtractor(spec)(torch.from_numpy(big))
+    pil = np.stack([np.asarray(Image.fromarray(im.transpose(1, 2, 0)).resize((W, H), Image.Resampling.BICUBIC))
+                    for im in big]).transpose(0, 3, 1, 2)
+    expected = pil.reshape(4, -1).astype(np.float64) @ PROJECTION
+    np.testing.assert_allclose(feats.numpy(), expected, rtol=1e-5, atol=1e-4)
+    with pytest.raises(ValueError, match="no fixed input size"):
+        LINEAR_SPEC.with_resize("clean")
+    with pytest.raises(ValueError, match="resize mode must be one of"):
+        LINEAR_SPEC.with_resize("bilinear")
+
+
+def test_reference_statistics_record_the_resize(tmp_path):
+    from eval.metrics import FeatureExtractor, ReferenceStats
+    clean = ExtractorSpec("linear", LINEAR, "none", input_size=H).with_resize("clean")
+    feats = FeatureExtractor(clean).extract([torch.from_numpy(gaussian_images(20, 110, 30, seed=32))])
+    stats = ReferenceStats.load(ReferenceStats.from_features(feats, clean).save(tmp_path / "s.npz"))
+    assert stats.resize == "clean"
+    stats.check_extractor(clean)
+    with pytest.raises(ValueError, match="made with resize 'clean'.*'torch-fidelity'"):
+        stats.check_extractor(ExtractorSpec("linear", LINEAR, "none", input_size=H), tmp_path / "s.npz")
+    np.savez(tmp_path / "old.npz", mu=np.zeros(3), sigma=np.eye(3), extractor=np.array(LINEAR),
+             weights_sha256=np.array("none"))  # written before resize modes: the extractor's own resize
+    assert ReferenceStats.load(tmp_path / "old.npz").resize == "torch-fidelity"
+
+
+def test_psnr_equals_the_formula_on_the_images():
+    from eval.metrics import PSNR
+    a = gaussian_images(5, 120, 40, seed=33)
+    b = np.clip(a.astype(int) + np.random.default_rng(34).integers(-9, 10, size=a.shape), 0, 255).astype(np.uint8)
+    mse = ((a.astype(float) - b.astype(float)) ** 2).mean()
+    psnr = PSNR()
+    for i in range(0, 5, 2):  # batches of any size
+        psnr.update(torch.from_numpy(a[i:i + 2]), torch.from_numpy(b[i:i + 2]))
+    assert psnr.value() == pytest.approx(10 * np.log10(255 ** 2 / mse), rel=1e-12)
+    with pytest.raises(ValueError, match="uint8"):
+        psnr.update(torch.from_numpy(a).float(), torch.from_numpy(b))

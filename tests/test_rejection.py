@@ -129,3 +129,45 @@ def test_save_grid(tmp_path):
     images = torch.randint(0, 256, (6, 1, 8, 8), dtype=torch.uint8)
     path = save_grid(tmp_path / "grid.png", images, nrow=3)
     assert Image.open(path).size == (3 * 10 + 2, 2 * 10 + 2)
+
+
+def test_report_carries_intervals_fd_infinity_reconstruction_and_comparison(tmp_path):
+    def with_errors(fd, i, n=5000, **kw):
+        m = fake_metrics(fd, i, **kw)
+        m.update(fd_ci=[fd - 0.5, fd + 0.75], fd_infinity=fd - 1.0, n_generated=n, resize="clean",
+                 fd_ci_method="95% bootstrap interval: 100 resamples", fd_ci_resamples=100)
+        return m
+    recon = with_errors(1.5, 0, n=100)
+    recon["psnr"] = 27.5
+    report = build_report({1.0: with_errors(12.0, 0), 0.5: with_errors(7.0, 1)}, reconstruction=recon,
+                          reference_split="fashion-mnist val split at 32 px, 100 images")
+    json_path, md_path = write_report(tmp_path, report)
+    loaded = json.loads(json_path.read_text())
+    assert loaded["rows"][0]["fd_ci"] == [11.5, 12.75] and loaded["rows"][1]["fd_infinity"] == 6.0
+    assert loaded["reconstruction_fd"] == 1.5 and loaded["reconstruction_psnr"] == 27.5
+    assert loaded["reconstruction"]["fd_ci"] == [1.0, 2.25]
+    assert loaded["provenance"]["resize"] == "clean" and loaded["provenance"]["fd_ci_resamples"] == 100
+    sheet = loaded["comparison"]
+    assert sheet["requires"] == {"extractor": "vqvae2-domain-abc", "weights_sha256": "abc", "resize": "clean",
+                                 "n_generated": 5000, "reference": "fashion-mnist val split at 32 px, 100 images"}
+    assert any("published Frechet Inception Distance" in s for s in sheet["may_not_stand_beside"])
+    md = md_path.read_text()
+    assert "| 1 | 12 [11.5, 12.75] | 11 |" in md and "PSNR 27.5 dB" in md and "## Comparing with published" in md
+    assert "FID" not in md  # a domain report never says FID, not even in the comparison sheet
+    rows = loaded["rows"]
+    png = plot_tradeoff(tmp_path / "tradeoff.png", [r["acceptance_rate"] for r in rows], [r["fd"] for r in rows],
+                        [r["precision"] for r in rows], [r["recall"] for r in rows], "FD-domain",
+                        fd_ci=[r["fd_ci"] for r in rows], kid_mean=[r["kid_mean"] for r in rows],
+                        kid_std=[r["kid_std"] for r in rows], fd_infinity=[r["fd_infinity"] for r in rows])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_comparison_sheet_of_an_fid():
+    m = fake_metrics(20.0, 0, extractor="inception")
+    m.update(weights_standard=True, resize="torch-fidelity", n_generated=10_000, fd_infinity=18.0)
+    sheet = build_report({1.0: m}, reference="validation images (10000)")["comparison"]
+    may, may_not = " ".join(sheet["may_stand_beside"]), " ".join(sheet["may_not_stand_beside"])
+    assert "FIDs of 10,000 generated images" in may and "'torch-fidelity' resize" in may and "FID-infinity" in may
+    assert "usual 50,000" in may_not and "'clean' resize" in may_not and "another reference set" in may_not
+    m["n_generated"] = 50_000
+    assert not any("50,000" in s for s in build_report({1.0: m})["comparison"]["may_not_stand_beside"])

@@ -37,10 +37,20 @@ def test_tiny_end_to_end_run_writes_the_report(evaluated_run):
             assert np.isfinite(row[key]), key
         assert row["n_generated"] == 10
     assert report["reconstruction"] is not None and np.isfinite(report["reconstruction"]["fd"])
+    # error bars on every FD; FD at infinite samples only from 5,000 samples (here 10)
+    for row in [*report["rows"], report["reconstruction"]]:
+        low, high = row["fd_ci"]
+        assert 0 <= low <= row["fd"] <= high and row["fd_infinity"] is None
+        assert np.isfinite(row["kid_std"])
+    assert report["reconstruction_fd"] == report["reconstruction"]["fd"] and report["reconstruction_psnr"] > 0
     prov = report["provenance"]
     for key in ("extractor", "feature_extractor_name", "weights_hash", "torch_fidelity_version", "n_real", "seed",
-                "n_candidates", "rejection_classifier", "rejection_classifier_hash"):
+                "n_candidates", "rejection_classifier", "rejection_classifier_hash", "resize", "n_samples",
+                "reference_split", "prc_neighborhood", "fd_ci_method", "fd_infinity_method"):
         assert key in prov, key
+    assert prov["resize"] == "torch-fidelity" and prov["fd_ci_resamples"] == 100 and prov["prc_neighborhood"] == 3
+    assert "100 resamples" in prov["fd_ci_method"] and "val split" in prov["reference_split"]
+    assert report["comparison"]["requires"]["resize"] == "torch-fidelity" and report["comparison"]["may_not_stand_beside"]
     assert prov["n_candidates"] == 20
     assert prov["feature_extractor_name"].endswith(prov["weights_hash"])
     # the rejection network is a second classifier, not the feature network
@@ -48,6 +58,7 @@ def test_tiny_end_to_end_run_writes_the_report(evaluated_run):
     assert prov["rejection_classifier_hash"] != prov["weights_hash"]
     md = (run / "eval" / "report.md").read_text()
     assert "FD-domain" in md and "FID" not in md.replace("FD-domain", "")
+    assert "95% interval" in md and "PSNR" in md and "## Comparing with published numbers" in md
     assert Image.open(run / "eval" / "tradeoff.png").size[0] > 200
 
 
@@ -90,7 +101,9 @@ def test_evaluate_with_inception_weights_made_here(evaluated_run, tmp_path, monk
     run = _copy(evaluated_run, tmp_path)
     weights = write_inception_weights(tmp_path / "inception.pth", seed=5)
     sha = file_sha256(weights)
-    argv = ["evaluate", "--run-dir", str(run), "--feature-extractor", "inception", "--inception-weights", str(weights)]
+    # no intervals: each resample is an eigendecomposition of a 2048 x 2048 matrix (test_metrics checks them)
+    argv = ["evaluate", "--run-dir", str(run), "--feature-extractor", "inception", "--inception-weights", str(weights),
+            "--set", "eval.fd_resamples=0"]
     assert main(argv) == 0
     report = json.loads((run / "eval" / "report.json").read_text())
     assert report["fd_label"] == f"FD-inception (non-standard weights, sha256 {sha[:16]})"
@@ -101,6 +114,60 @@ def test_evaluate_with_inception_weights_made_here(evaluated_run, tmp_path, monk
     assert main(argv) == 0
     report = json.loads((run / "eval" / "report.json").read_text())
     assert report["fd_label"] == "FID" and report["provenance"]["weights_standard"] is True
+
+
+def test_reconstruction_fd_and_psnr_equal_a_direct_computation(evaluated_run):
+    """rFID is the FD between the real evaluation images' features and their reconstructions' features."""
+    import torch
+
+    from eval.classifier import Classifier
+    from pipelines.artifacts import RunDir
+    from pipelines.cli import load_run_config
+    from pipelines.data import build_datasets
+    from pipelines.images import to_uint8
+    from vqvae2.vqvae import VQVAE2
+
+    cfg = load_run_config(RunDir(evaluated_run), None, [], write=False)
+    vqvae = VQVAE2.from_pretrained(evaluated_run / "vqvae").eval()
+    clf = Classifier.from_pretrained(evaluated_run / "classifier").eval()
+    _, val = build_datasets(cfg.data)
+    x = torch.stack([val[i][0] for i in range(len(val))])
+    real = to_uint8(x)
+    with torch.no_grad():  # the batches evaluate used, so that every pixel is computed alike
+        recon = torch.cat([to_uint8(vqvae.decode_codes(vqvae.encode(b.float() / 127.5 - 1)))
+                           for b in real.split(cfg.eval.batch_size)])
+
+        def feats(images):  # the classifier's penultimate features of uint8 images, float64
+            return clf.features(images.float() / 127.5 - 1).double().numpy()
+        fr, fg = feats(real), feats(recon)
+    s_r, s_g = np.cov(fr, rowvar=False), np.cov(fg, rowvar=False)  # rank 8 (9 images): singular
+    # tr sqrt(S_r S_g) = tr sqrt(R S_g R) with R = S_r^(1/2): symmetric PSD, so exact from eigh even when singular
+    w, v = np.linalg.eigh(s_r)
+    root = (v * np.sqrt(w.clip(0))) @ v.T
+    tr_covmean = np.sqrt(np.linalg.eigvalsh(root @ s_g @ root).clip(0)).sum()
+    fd = ((fr.mean(0) - fg.mean(0)) ** 2).sum() + np.trace(s_r) + np.trace(s_g) - 2 * tr_covmean
+    mse = ((real.double() - recon.double()) ** 2).mean().item()
+    report = json.loads((evaluated_run / "eval" / "report.json").read_text())
+    assert len(real) == 9 and fd > 1e-3
+    assert report["reconstruction_fd"] == pytest.approx(fd, rel=1e-4)
+    assert report["reconstruction_psnr"] == pytest.approx(10 * np.log10(255 ** 2 / mse), rel=1e-9)
+    assert "PSNR" in (evaluated_run / "eval" / "report.md").read_text()
+
+
+def test_clean_resize_is_recorded_and_must_match_the_reference(evaluated_run, tmp_path, capsys):
+    run = _copy(evaluated_run, tmp_path)
+    before = json.loads((run / "eval" / "report.json").read_text())
+    dom = ["--feature-extractor", "domain"]
+    stats = tmp_path / "val-stats.npz"
+    assert main(["fid-stats", "--run-dir", str(run), "--out", str(stats), *dom]) == 0  # torch-fidelity resize
+    clean = ["--set", "eval.resize='clean'"]
+    assert main(["evaluate", "--run-dir", str(run), *dom, *clean]) == 0
+    after = json.loads((run / "eval" / "report.json").read_text())
+    assert after["provenance"]["resize"] == "clean" and after["comparison"]["requires"]["resize"] == "clean"
+    # the images are already at the classifier's size: the clean resize leaves them, and FD, as they were
+    assert [r["fd"] for r in after["rows"]] == pytest.approx([r["fd"] for r in before["rows"]], rel=1e-6)
+    assert main(["evaluate", "--run-dir", str(run), "--reference-stats", str(stats), *dom, *clean]) == 2
+    assert "made with resize 'torch-fidelity'" in capsys.readouterr().err
 
 
 class _Exploit:
