@@ -218,6 +218,8 @@ class RunLock:
             self.root.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
+            if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and self.root.is_dir():
+                return self  # a read-only run: nobody can write it, so there is nothing to lock; reading goes on
             raise ValueError(f"cannot write the run directory {self.root}: {e.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

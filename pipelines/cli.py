@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import warnings
 from contextlib import contextmanager
@@ -18,20 +19,40 @@ _default_showwarning = warnings.showwarning
 
 def load_run_config(run: RunDir, preset: str | None, overrides: list[str], write: bool = True) -> PipelineConfig:
     """The run's configuration: the preset (+ overrides) when given, else RUN/config.json (+ overrides).
-    The resolved configuration is written back to RUN/config.json (unless write=False)."""
+    With write, the resolved configuration is saved to RUN/config.json when it differs from what is there.
+    An error names where the bad value came from: the preset, RUN/config.json or the command line."""
     if preset:
         cfg = resolve_config(preset, overrides)
     elif run.config.is_file():
+        saved = read_json(run.config)
         try:
-            cfg = config_from_dict(read_json(run.config), overrides, where=str(run.config))
+            config_from_dict(saved, [], where=str(run.config))
         except ValueError as e:
             raise ValueError(f"{run.config}: {e}") from e
+        try:
+            cfg = config_from_dict(saved, overrides, where=str(run.config))
+        except ValueError as e:
+            raise ValueError(f"command line: {e}") from e
     else:
         raise ValueError(f"{run.config} does not exist: pass --preset (one of {preset_names()}) "
                          f"or run `vqvae2 train-vqvae --preset ... --run-dir {run.root}` first")
-    if write and _is_main_process():
-        write_json(run.config, cfg.to_dict())
+    if write:
+        save_run_config(run, cfg)
     return cfg
+
+
+def save_run_config(run: RunDir, cfg: PipelineConfig) -> None:
+    """RUN/config.json := cfg, by the main process, and only when it changes (a finished run in a
+    read-only directory stays usable)."""
+    if not _is_main_process():
+        return
+    data = cfg.to_dict()
+    try:
+        if run.config.is_file() and read_json(run.config) == json.loads(json.dumps(data, default=str)):
+            return
+    except ValueError:
+        pass  # a damaged config.json is replaced
+    write_json(run.config, data)
 
 
 def _is_main_process() -> bool:
@@ -158,6 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, NotADirectoryError, TrainingError, RunDirBusy) as e:
         print(f"vqvae2 {args.command}: error: {e}", file=sys.stderr)
         code = 2
+    except PermissionError as e:
+        print(f"vqvae2 {args.command}: error: cannot write {e.filename or 'a file'}: permission denied (a read-only "
+              f"run directory can be read, e.g. by `vqvae2 status`, but not written)", file=sys.stderr)
+        code = 2
     finally:
         end_processes(orderly=code == 0)
     return code
@@ -231,10 +256,24 @@ def _others_must_stop(failed: bool) -> bool:
     return bool(flag.item())
 
 
+# commands whose values are one-offs: saved to config.json only once the stage has run with them
+# (sample, evaluate), or never (vary), so a value they refuse never sticks to the run
+SAVED_AFTER = ("sample", "evaluate")
+NEVER_SAVED = ("vary",)
+
+
 def _write(args, run: RunDir, overrides: list[str]) -> int:
+    cfg = load_run_config(run, getattr(args, "preset", None), overrides,
+                          write=args.command not in SAVED_AFTER + NEVER_SAVED)
+    code = _run_command(args, run, cfg)
+    if args.command in SAVED_AFTER:
+        save_run_config(run, cfg)
+    return code
+
+
+def _run_command(args, run: RunDir, cfg: PipelineConfig) -> int:
     from . import run as pipeline
 
-    cfg = load_run_config(run, getattr(args, "preset", None), overrides)
 
     if args.command == "run":
         pipeline.run_all(cfg, run, force=args.force, until=args.until)

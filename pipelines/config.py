@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import tomllib
 import warnings
 from dataclasses import dataclass, field
@@ -54,7 +55,9 @@ class TrainConfig:
         _check(self.num_workers >= -1, f"num_workers must be >= -1 (-1 = none, 0 = chosen per dataset), got "
                                        f"{self.num_workers}")
         for name in ("lr", "warmup_steps", "weight_decay", "grad_clip", "val_batches", "val_every", "image_every"):
-            _check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
+            _check(math.isfinite(getattr(self, name)) and getattr(self, name) >= 0,
+                   f"{name} must be a finite number >= 0, got {getattr(self, name)}")
+        check_seed(self.seed, "seed")
         for name in self.trackers:
             _check(name in TRACKERS, f"log_with names an unknown tracker {name!r}; choose from {', '.join(TRACKERS)}")
         _check(0 <= self.ema_decay < 1, f"ema_decay must be in [0, 1), got {self.ema_decay}")
@@ -85,8 +88,16 @@ class ClassifierTrainConfig(TrainConfig):
 def check_temperature(value: float | list[float], key: str) -> None:
     values = value if isinstance(value, list) else [value]
     numbers = all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in values)
-    _check(len(values) >= 1 and numbers and all(t > 0 for t in values),
-           f"{key} must be > 0 (one number, or a list with one per level, top first), got {value}")
+    _check(len(values) >= 1 and numbers and all(0 < t < math.inf for t in values),
+           f"{key} must be finite and > 0 (one number, or a list with one per level, top first), got {value}")
+
+
+SEED_MAX = 2 ** 63 - 1  # torch.Generator.manual_seed takes a signed 64-bit integer
+
+
+def check_seed(value: int, key: str) -> None:
+    _check(isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= SEED_MAX,
+           f"{key} must be an integer in [0, 2**63 - 1], got {value}")
 
 
 def format_temperature(value: float | list[float]) -> str:
@@ -110,6 +121,9 @@ class SampleConfig:
         _check(self.batch_size >= 1, f"sample.batch_size must be >= 1, got {self.batch_size}")
         check_temperature(self.temperature, "sample.temperature")
         _check(self.top_k >= 0, f"sample.top_k must be >= 0, got {self.top_k}")
+        _check(self.class_label >= -1, f"sample.class_label must be -1 (all classes) or a class index >= 0, "
+                                       f"got {self.class_label}")
+        check_seed(self.seed, "sample.seed")
         _check(self.sampler in ("cached", "compiled", "reference"),
                f"sample.sampler must be 'cached', 'compiled' or 'reference', got {self.sampler!r}")
 
@@ -135,6 +149,7 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         _check(self.n_samples >= 1, f"eval.n_samples must be >= 1, got {self.n_samples}")
+        check_seed(self.seed, "eval.seed")
         _check(len(self.acceptance_rates) >= 1 and all(0 < r <= 1 for r in self.acceptance_rates),
                f"eval.acceptance_rates must be in (0, 1], got {self.acceptance_rates}")
         check_temperature(self.temperature, "eval.temperature")

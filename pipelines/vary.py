@@ -16,7 +16,7 @@ from vqvae2.sampling import sample_hierarchy
 from vqvae2.vqvae import VQVAE2
 
 from .artifacts import RunDir, save_npz, save_png
-from .config import PipelineConfig
+from .config import PipelineConfig, check_seed, check_temperature
 from .images import grid_image, to_uint8
 from .stage2 import load_priors
 
@@ -63,6 +63,10 @@ def vary(cfg: PipelineConfig, run: RunDir, image_path: Path, keep: str, n: int =
         raise ValueError(f"--keep {keep!r}: choose a level with a level below it to resample, one of {levels[:-1]}")
     if n < 1:
         raise ValueError(f"--n must be >= 1, got {n}")
+    check_seed(seed, "--seed")
+    check_temperature(temperature, "--temperature")
+    if class_label is not None and class_label < 0:
+        raise ValueError(f"--class must be a class index >= 0, got {class_label}")
     priors = load_priors(run, levels)
     image = load_image(image_path, vqvae.config.image_size, vqvae.config.in_channels)
     label, how = _label(run, image, class_label, priors[0].config.n_classes)

@@ -1,5 +1,6 @@
-"""One writer per run directory (pipelines/artifacts.py RunLock): a second writer is refused at once,
-naming the holder; a killed holder leaves no stale lock; readers never take it."""
+"""Writing a run directory: one writer at a time (pipelines/artifacts.py RunLock: a second writer is
+refused at once, naming the holder; a killed holder leaves no stale lock; readers never take it), and
+config.json saved only with values a stage ran with (pipelines/cli.py)."""
 import json
 import os
 import shutil
@@ -122,3 +123,44 @@ def test_training_states_use_unique_temporary_names(tmp_path):
     (tmp_path / "state.tmp-abc").mkdir()
     save_training_state(tmp_path / "state", model, opt, {"step": 1})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state"]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--top-k", "100000"], "top_k must be in [1, 16]"),
+    (["--class", "6"], "--class 6 is outside the model's classes [0, 1]"),
+    (["--class", "-5"], "sample.class_label must be -1 (all classes) or a class index >= 0, got -5"),
+    (["--temperature", "inf"], "sample.temperature must be finite and > 0"),
+    (["--seed", "123456789012345678901"], "sample.seed must be an integer in [0, 2**63 - 1]"),
+])
+def test_a_refused_sample_value_is_not_saved(sampled_run, capsys, flags, message):
+    """`vqvae2 sample` with a value it refuses (--top-k 100000, --class 6, --class -5, --temperature inf, a 20-digit --seed) -> one line naming the value; config.json unchanged, the next sample works"""
+    config = RunDir(sampled_run).config
+    before = config.read_bytes()
+    assert main(["sample", "--run-dir", str(sampled_run), *flags]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("vqvae2 sample: error: ")]
+    assert len(errors) == 1 and message in errors[0] and "Traceback" not in err, err
+    assert config.read_bytes() == before
+    assert main(["sample", "--run-dir", str(sampled_run), "--n", "3"]) == 0
+    assert json.loads(config.read_text())["sample"]["n"] == 3  # a value that ran is saved
+
+
+def test_errors_name_where_the_bad_value_came_from(sampled_run, tmp_path, capsys):
+    """A bad --set on a run -> the error says "command line"; a bad value inside config.json -> the error names the file"""
+    assert main(["sample", "--run-dir", str(sampled_run), "--set", "sample.batch_size=0"]) == 2
+    assert capsys.readouterr().err.strip().startswith("vqvae2 sample: error: command line: sample.batch_size must be >= 1")
+    broken = tmp_path / "broken"
+    shutil.copytree(sampled_run, broken)
+    data = json.loads((broken / "config.json").read_text())
+    data["sample"]["batch_size"] = 0
+    (broken / "config.json").write_text(json.dumps(data))
+    assert main(["sample", "--run-dir", str(broken)]) == 2
+    assert capsys.readouterr().err.strip().startswith(f"vqvae2 sample: error: {broken / 'config.json'}: sample.batch_size")
+
+
+def test_an_unchanged_configuration_is_not_rewritten(sampled_run):
+    """`vqvae2 run` on a finished run with the same configuration -> config.json is not rewritten (a finished run stays usable read-only)"""
+    config = RunDir(sampled_run).config
+    stamp = (config.stat().st_ino, config.stat().st_mtime_ns)
+    assert main(["run", "--run-dir", str(sampled_run), "--until", "priors"]) == 0
+    assert (config.stat().st_ino, config.stat().st_mtime_ns) == stamp
