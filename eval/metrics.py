@@ -16,6 +16,7 @@ function (torch-fidelity's) on rows of the features already extracted. docs/eval
 from __future__ import annotations
 
 import math
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -190,7 +191,7 @@ class ReferenceStats:
         try:
             with np.load(path, allow_pickle=False) as z:
                 data = {k: z[k] for k in z.files}
-        except (ValueError, OSError, EOFError) as e:
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
             raise ValueError(f"{path} is not a readable .npz of statistics ({e})") from e
         for key in ("mu", "sigma", "extractor", "weights_sha256"):
             if key not in data:

@@ -16,6 +16,7 @@ import shutil
 import socket
 import tempfile
 import time
+import tokenize
 from pathlib import Path
 from typing import Any, Callable
 
@@ -66,7 +67,7 @@ def load_npy(path: str | Path, mmap: bool = False) -> np.ndarray:
         raise FileNotFoundError(f"{path} does not exist")
     try:
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
+    except (ValueError, OSError, EOFError, SyntaxError, tokenize.TokenError) as e:  # a damaged header: the last two
         raise ValueError(f"{path} is truncated or not a .npy array ({e}); re-run the stage that writes it") from e
 
 
@@ -153,18 +154,22 @@ def save_training_state(directory: str | Path, model: torch.nn.Module, optimizer
     for stale in directory.parent.glob(f"{directory.name}.tmp*"):  # left by a killed writer
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{directory.name}.tmp-", dir=directory.parent))
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
-    if ema_model is not None:
-        save_file({k: v.detach().contiguous().cpu() for k, v in ema_model.state_dict().items()},
-                  str(tmp / "ema.safetensors"))
-    opt_tensors, opt_meta = _flatten_optimizer(optimizer)
-    save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-    (tmp / "optimizer.json").write_text(json.dumps(opt_meta))
-    save_file({"cpu": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
-    (tmp / "progress.json").write_text(json.dumps(progress))  # written last: marks the state complete
-    for f in tmp.iterdir():
-        with open(f, "rb+") as fh:
-            os.fsync(fh.fileno())
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+        if ema_model is not None:
+            save_file({k: v.detach().contiguous().cpu() for k, v in ema_model.state_dict().items()},
+                      str(tmp / "ema.safetensors"))
+        opt_tensors, opt_meta = _flatten_optimizer(optimizer)
+        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+        (tmp / "optimizer.json").write_text(json.dumps(opt_meta))
+        save_file({"cpu": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
+        (tmp / "progress.json").write_text(json.dumps(progress))  # written last: marks the state complete
+        for f in tmp.iterdir():
+            with open(f, "rb+") as fh:
+                os.fsync(fh.fileno())
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a full disk or a kill signal leaves no partial state behind
+        raise
     old = directory.with_name(directory.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if directory.exists():

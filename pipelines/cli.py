@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 import warnings
@@ -182,6 +183,12 @@ def main(argv: list[str] | None = None) -> int:
     except PermissionError as e:
         print(f"vqvae2 {args.command}: error: cannot write {e.filename or 'a file'}: permission denied (a read-only "
               f"run directory can be read, e.g. by `vqvae2 status`, but not written)", file=sys.stderr)
+        code = 2
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        print(f"vqvae2 {args.command}: error: the disk is full (writing {e.filename or 'a file'}); free space and run "
+              f"the command again: it resumes from the last complete file", file=sys.stderr)
         code = 2
     finally:
         end_processes(orderly=code == 0)

@@ -17,7 +17,9 @@ from .artifacts import RunDir, describe_holder, find_training_state, lock_holder
 from .config import PipelineConfig, config_from_dict, format_temperature
 from .curves import read_records
 
-DONE, IN_PROGRESS, NOT_STARTED, STALE = "done", "in progress", "not started", "stale"
+DONE, IN_PROGRESS, NOT_STARTED, STALE, DAMAGED = "done", "in progress", "not started", "stale", "damaged"
+# what a damaged or hand-edited file raises while it is read or described
+READ_FAILURES = (KeyError, TypeError, ValueError, AttributeError, IndexError, OSError)
 
 
 @dataclass
@@ -189,6 +191,16 @@ def _eval(cfg: PipelineConfig, run: RunDir, root: str) -> StageStatus:
                     run.eval / "candidates", f"vqvae2 evaluate --run-dir {root}", describe)
 
 
+def _guarded(name: str, read: Callable, command: str, cfg: PipelineConfig, run: RunDir, root: str) -> StageStatus:
+    """A stage's status; a file of it that cannot be read or holds malformed fields makes it DAMAGED,
+    never an error: status reports the damage."""
+    try:
+        return read(cfg, run, root)
+    except READ_FAILURES as e:
+        return StageStatus(name, DAMAGED, f"a file of this stage is damaged ({type(e).__name__}: {e}); redo it",
+                           command)
+
+
 def run_status(run: RunDir) -> dict:
     """Every stage's StageStatus (as dicts, in pipeline order) and the next command to run."""
     root = str(run.root)
@@ -196,11 +208,20 @@ def run_status(run: RunDir) -> dict:
     if not run.config.is_file():
         return {"run_dir": root, "config": None, "stages": [], "writer": writer,
                 "next": f"vqvae2 run --preset PRESET --run-dir {root}", "next_stage": None}
-    cfg = config_from_dict(read_json(run.config), where=str(run.config))
-    stages = [_vqvae(cfg, run, root), _codes(cfg, run, root),
-              *(_prior(cfg, run, root, level) for level in cfg.vqvae.levels), _samples(cfg, run, root)]
+    try:
+        cfg = config_from_dict(read_json(run.config), where=str(run.config))
+    except READ_FAILURES as e:
+        return {"run_dir": root, "config": str(run.config), "stages": [], "writer": writer, "damaged": str(e),
+                "next": f"vqvae2 run --preset PRESET --run-dir {root}   (after mending or removing {run.config})",
+                "next_stage": None}
+    at = f"--run-dir {root}"
+    readers = [("vqvae", _vqvae, f"vqvae2 train-vqvae {at} --force"), ("codes", _codes, f"vqvae2 extract-codes {at}"),
+               *((f"prior-{lv}", lambda c, r, x, lv=lv: _prior(c, r, x, lv), f"vqvae2 train-prior {at} --level {lv} --force")
+                 for lv in cfg.vqvae.levels), ("samples", _samples, f"vqvae2 sample {at}")]
     if cfg.eval.enabled:
-        stages += [_classifier(cfg, run, root), _eval(cfg, run, root)]
+        readers += [("classifier", _classifier, f"vqvae2 train-classifier {at} --force"),
+                    ("eval", _eval, f"vqvae2 evaluate {at}")]
+    stages = [_guarded(name, read, command, cfg, run, root) for name, read, command in readers]
     todo = next((s for s in stages if s.state != DONE), None)
     return {"run_dir": root, "config": str(run.config), "stages": [asdict(s) for s in stages], "writer": writer,
             "next": todo.command if todo else None, "next_stage": todo.stage if todo else None}
@@ -211,6 +232,9 @@ def render_status(status: dict) -> str:
     writer = [f"being written now by {describe_holder(status['writer'])}"] if status.get("writer") else []
     if status["config"] is None:
         return "\n".join([f"{status['run_dir']}: no config.json, nothing has run yet", f"next: {status['next']}",
+                          *writer]) + "\n"
+    if status.get("damaged"):
+        return "\n".join([f"{status['config']} is damaged: {status['damaged']}", f"next: {status['next']}",
                           *writer]) + "\n"
     rows = [("stage", "state", "progress / result")] + [(s["stage"], s["state"], s["detail"]) for s in status["stages"]]
     w0, w1 = (max(len(r[i]) for r in rows) for i in (0, 1))

@@ -24,11 +24,12 @@ from .stage2 import load_priors
 def load_image(path: Path, size: int, channels: int) -> torch.Tensor:
     """One image file as (1, C, size, size) in [-1, 1]: any mode, resized and center-cropped like a folder's."""
     from .data import load_image_rgb, resize_center_crop
+    from .datasets.folder import IMAGE_READ_ERRORS
     if not Path(path).is_file():
         raise FileNotFoundError(f"--image {path} does not exist")
     try:
         im = resize_center_crop(load_image_rgb(path), size)
-    except (OSError, ValueError, SyntaxError) as e:
+    except IMAGE_READ_ERRORS as e:
         raise ValueError(f"cannot read image file {path}: {e}") from e
     arr = np.asarray(im.convert("L") if channels == 1 else im, dtype=np.float32)
     x = torch.from_numpy(arr).reshape(size, size, -1).permute(2, 0, 1)

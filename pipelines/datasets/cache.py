@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import tokenize
 import os
 import shutil
 import tempfile
@@ -55,7 +56,7 @@ class PreparedArrays:
             meta = json.loads(meta_path.read_text())
             images = np.load(self.path / "images.npy", mmap_mode="r", allow_pickle=False)
             labels = np.load(self.path / "labels.npy", allow_pickle=False)
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, SyntaxError, tokenize.TokenError) as e:
             raise DataError(f"prepared-data cache {self.path} is unreadable ({type(e).__name__}: {e}); "
                             f"delete that directory and it will be prepared again") from e
         if meta.get("key") != self.key or list(images.shape) != meta.get("shape") or len(labels) != len(images):

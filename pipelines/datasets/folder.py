@@ -56,7 +56,7 @@ def _bad_file_error(path, e):
     )
 
 
-_READ_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError)
+IMAGE_READ_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError)
 
 
 class ImageFolderDataset(Dataset):
@@ -91,7 +91,7 @@ class ImageFolderDataset(Dataset):
                 continue
             try:
                 return self._load(j)
-            except _READ_ERRORS as e:
+            except IMAGE_READ_ERRORS as e:
                 if not self.skip_bad_files:
                     raise _bad_file_error(self.files[j], e) from e
                 self._bad.add(j)
@@ -108,7 +108,7 @@ class ImageFolderDataset(Dataset):
         for j, f in enumerate(self.files):
             try:
                 load_image_rgb(f)
-            except _READ_ERRORS as e:
+            except IMAGE_READ_ERRORS as e:
                 bad.append((j, str(f), f"{type(e).__name__}: {e}"))
         if bad and not self.skip_bad_files:
             listing = "; ".join(f"{p} ({err})" for _, p, err in bad[:10])

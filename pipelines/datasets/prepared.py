@@ -45,14 +45,14 @@ def _decode(path: Path, size: int) -> np.ndarray:
 
 def _decode_chunk(job) -> tuple[int, list[tuple[int, str]]]:
     """Worker: decode files [start, stop) into the cache file; returns the unreadable ones."""
-    from .folder import _READ_ERRORS
+    from .folder import IMAGE_READ_ERRORS
     array_path, files, size, start = job
     images = np.load(array_path, mmap_mode="r+", allow_pickle=False)
     bad = []
     for i, f in enumerate(files):
         try:
             images[start + i] = _decode(Path(f), size)
-        except _READ_ERRORS as e:
+        except IMAGE_READ_ERRORS as e:
             bad.append((start + i, f"{type(e).__name__}: {e}"))
     images.flush()
     return start, bad
