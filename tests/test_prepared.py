@@ -124,3 +124,51 @@ def test_prepare_data_command(tmp_path, capsys, monkeypatch):
     assert "prepare-data" in out and str(tmp_path / "cache") in out
     assert main(["prepare-data", "--preset", "demo"]) == 2
     assert "needs no preparation" in capsys.readouterr().err
+
+
+def _fill(images, path):
+    images[:] = np.arange(images.size, dtype=np.uint64).reshape(images.shape) % 251
+    return np.zeros(len(images), dtype=np.int64)
+
+
+def test_bytes_changed_in_the_cache_are_refused(tmp_path, monkeypatch):
+    """Bytes of a prepared cache overwritten after it was built (even with its mtime restored) -> refused on open, naming the directory; a copy with new times but the same bytes is read"""
+    from pipelines.datasets import cache as cache_mod
+    monkeypatch.setattr(cache_mod, "CHECK_CHUNK", 4096)  # several chunks in a tiny cache
+    arrays = cache_mod.PreparedArrays(tmp_path / "cache", "test", {"n": 1})
+    images, _ = arrays.get((16, 16, 16, 3), _fill)
+    expected = np.array(images)
+    path = arrays.path / "images.npy"
+    st = path.stat()
+    with open(path, "r+b") as f:  # one byte, in the middle of the file
+        f.seek(st.st_size // 2)
+        byte = f.read(1)
+        f.seek(st.st_size // 2)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # a change that size and mtime alone would miss
+    with pytest.raises(DataError, match=r"was changed after it was built \(bytes 4,096\+ differ"):
+        arrays.load()
+    with open(path, "r+b") as f:  # put it back, then touch: a full check, and the bytes match
+        f.seek(st.st_size // 2)
+        f.write(byte)
+    os.utime(path)
+    images, labels = arrays.load()
+    np.testing.assert_array_equal(images, expected)
+    (arrays.path / "labels.npy").write_bytes((arrays.path / "labels.npy").read_bytes()[:-8] + bytes(8 * [1]))
+    with pytest.raises(DataError, match="labels.npy"):
+        arrays.load()
+
+
+def test_a_large_cache_is_checked_on_sampled_chunks(tmp_path, monkeypatch):
+    """Above CHECK_ALL_BYTES, an unchanged cache (same size and mtime) is checked on a few chunks, first and last included"""
+    from pipelines.datasets import cache as cache_mod
+    monkeypatch.setattr(cache_mod, "CHECK_CHUNK", 1024)
+    monkeypatch.setattr(cache_mod, "CHECK_ALL_BYTES", 4096)
+    arrays = cache_mod.PreparedArrays(tmp_path / "cache", "test", {"n": 2})
+    arrays.get((16, 16, 16, 3), _fill)
+    seen = []
+    original = cache_mod.file_checksums
+    monkeypatch.setattr(cache_mod, "file_checksums", lambda p, chunks=None: seen.append(chunks) or original(p, chunks))
+    arrays.load()
+    n_chunks = -(-(arrays.path / "images.npy").stat().st_size // 1024)
+    assert seen[0][0] == 0 and seen[0][-1] == n_chunks - 1 and 2 <= len(seen[0]) <= cache_mod.CHECK_SAMPLED + 2

@@ -340,18 +340,21 @@ def test_missing_or_empty_data_directory(tmp_path, capsys, setup, message):
 
 
 def test_corrupt_image_in_folder_is_named(tmp_path, capsys):
-    """A truncated PNG in a training folder -> error naming the file (or skipped with data.skip_bad_files=true)"""
+    """A truncated PNG in a training folder read per step -> error naming the file before the first step, even with DataLoader workers (or skipped with data.skip_bad_files=true, the count reported)"""
     folder = make_image_folder(tmp_path / "images")
     bad = folder / "cats" / "000.png"
     bad.write_bytes(bad.read_bytes()[:40])
     run = tmp_path / "run"
     # one step over all 12 training images, then validation over the other 4: every file is read
     overrides = [*folder_overrides(folder), "train_vqvae.steps=1", "train_vqvae.batch_size=12"]
-    assert main(_cli_args("train-vqvae", run, overrides)) == 2
-    assert "000.png" in capsys.readouterr().err
+    assert main(_cli_args("train-vqvae", run, [*overrides, "train_vqvae.num_workers=2"])) == 2
+    err = capsys.readouterr().err
+    assert "000.png" in err and "Traceback" not in err
     assert not (run / "vqvae" / "model.safetensors").exists()
+    assert not (run / "vqvae" / "metrics.jsonl").exists()  # refused before the first step
     skip = [*overrides, "train_vqvae.batch_size=4", "data.skip_bad_files=true"]
     assert main(_cli_args("train-vqvae", tmp_path / "run2", skip)) == 0
+    assert "skipped 1 unreadable image file(s)" in capsys.readouterr().out
 
 
 def test_missing_previous_stage_is_explained(tmp_path, capsys):

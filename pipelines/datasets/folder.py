@@ -190,7 +190,13 @@ def build_folder(cfg):
 
     def make(flag):
         idx = [k for k in range(len(files)) if is_val[k] == flag]
-        return ImageFolderDataset([files[k] for k in idx], [labels[k] for k in idx], class_names,
-                                  cfg.size, cfg.skip_bad_files, str(root))
+        ds = ImageFolderDataset([files[k] for k in idx], [labels[k] for k in idx], class_names,
+                                cfg.size, cfg.skip_bad_files, str(root))
+        # every file decoded before the first step: a bad one is named here, not mid-training in a worker
+        skipped = ds.validate()
+        if skipped:
+            print(f"[data] {root}: skipped {len(skipped)} unreadable image file(s) of the "
+                  f"{'val' if flag else 'train'} split (data.skip_bad_files)", flush=True)
+        return ds
 
     return make(False), make(True)
