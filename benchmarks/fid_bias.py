@@ -11,7 +11,9 @@ network, and computes FD-domain of the first n samples for each n with its boots
 n-sample estimate varies), and FD at infinite samples (Chong & Forsyth 2020) of all the samples, checked
 against the disjoint-subset means: it should lie within their spread, two subset standard deviations
 of each (the 95% range of one n-sample estimate, the level of the intervals).
-A reduced run (e.g. --n 1000,2500,5000) is a quick check; fd_infinity needs at least 5,000 samples.
+A reduced run (e.g. --n 1000,2500,5000,10000) is a quick check, and any run with a classifier works
+(e.g. the demo's: `--run-dir runs/demo`, against its 512 validation faces); fd_infinity needs at least
+5,000 samples.
 """
 from __future__ import annotations
 
@@ -52,7 +54,7 @@ def main() -> None:
     run = RunDir(args.run_dir)
     if not (run.classifier / "metrics.json").is_file():
         sys.exit(f"{run.classifier}/metrics.json not found: run `vqvae2 run --preset fashion32 --run-dir {run.root} "
-                 f"--until classifier` first")
+                 f"--until classifier` (or another preset with labelled data) first")
     cfg = load_run_config(run, None, ["eval.feature_extractor='domain'"], write=False)
     vqvae = VQVAE2.from_pretrained(run.vqvae).eval()
     priors = load_priors(run, vqvae.levels)
@@ -87,7 +89,7 @@ def main() -> None:
     fd_inf = fit["fd_infinity"] if fit else None
     metric_seconds = time.perf_counter() - t0
     result = {
-        "preset": "fashion32", "data": cfg.data.name, "run_dir": str(run.root), "n": ns, "fd_domain": first,
+        "data": cfg.data.name, "data_size": cfg.data.size, "run_dir": str(run.root), "n": ns, "fd_domain": first,
         "fd_domain_ci": intervals, "fd_ci_method": fd_ci_method(args.resamples), "fd_ci_level": FD_CI_LEVEL,
         "fd_domain_ci_width_over_subset_std": [(hi - lo) / s if s else None for (lo, hi), s in zip(intervals, std)],
         "fd_domain_mean_over_subsets": mean, "fd_domain_std_over_subsets": std, "n_subsets": subsets,

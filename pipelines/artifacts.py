@@ -232,13 +232,21 @@ class RunLock:
             os.close(fd)
             if e.errno not in (errno.EAGAIN, errno.EACCES):
                 raise ValueError(f"cannot lock the run directory {self.root}: {e.strerror}") from None
-            raise RunDirBusy(f"{self.root} is being written by {describe_holder(lock_holder(self.root))}; wait for it to end "
-                             f"(or stop it), then run this command again") from None
+            raise self.busy() from None
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": self.command,
                                  "started": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
         self.fd = fd
         return self
+
+    def busy(self) -> RunDirBusy:
+        return RunDirBusy(f"{self.root} is being written by {describe_holder(lock_holder(self.root))}; wait for it "
+                          f"to end (or stop it), then run this command again")
+
+    def refuse_if_held(self) -> None:
+        """RunDirBusy when a live writer is recorded (checked without locking, before any other work)."""
+        if lock_holder(self.root) is not None:
+            raise self.busy()
 
     def release(self) -> None:
         if self.fd is not None:

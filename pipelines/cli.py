@@ -56,6 +56,16 @@ def save_run_config(run: RunDir, cfg: PipelineConfig) -> None:
     write_json(run.config, data)
 
 
+def setting(key: str, value) -> str:
+    """A command-line flag's value as a `key=value` override that reads back as exactly that value: strings
+    and paths as TOML basic strings (JSON's escapes are TOML's), so quotes and backslashes survive."""
+    if isinstance(value, (str, Path)):
+        return f"{key}={json.dumps(str(value))}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"setting {key}: unsupported flag value {value!r}")
+    return f"{key}={value!r}"
+
+
 def _is_main_process() -> bool:
     from accelerate import PartialState
     return PartialState().is_main_process
@@ -222,13 +232,16 @@ def _dispatch(args, run: RunDir) -> int:
                           ("format", "format")):
             value = getattr(args, key)
             if value is not None:
-                overrides.append(f"sample.{name}={value!r}" if isinstance(value, str) else f"sample.{name}={value}")
+                overrides.append(setting(f"sample.{name}", value))
     if args.command == "evaluate":
         overrides += _extractor_overrides(args)
         if args.n_samples is not None:
-            overrides.append(f"eval.n_samples={args.n_samples}")
+            overrides.append(setting("eval.n_samples", args.n_samples))
         if args.reference_stats:
-            overrides.append(f"eval.reference_stats='{args.reference_stats}'")
+            overrides.append(setting("eval.reference_stats", args.reference_stats))
+    if _world_size() == 1:  # a run being written is the first thing to say (launched ranks agree in _one_writer)
+        run.lock(args.command).refuse_if_held()
+    load_run_config(run, getattr(args, "preset", None), overrides, write=False)  # bad values: refused, nothing made
     with _one_writer(run, args.command):
         return _write(args, run, overrides)
 
@@ -252,11 +265,16 @@ def _one_writer(run: RunDir, command: str):
             lock.release()
 
 
+def _world_size() -> int:
+    import torch.distributed as dist
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 def _others_must_stop(failed: bool) -> bool:
     """Whether the main process failed, as every process of a launched run sees it (one broadcast)."""
     import torch
     import torch.distributed as dist
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if _world_size() == 1:
         return failed
     flag = torch.tensor([int(failed)])
     dist.broadcast(flag, src=0)
@@ -320,9 +338,9 @@ def _status(args, run: RunDir) -> int:
 def _extractor_overrides(args) -> list[str]:
     out = []
     if args.feature_extractor:
-        out.append(f"eval.feature_extractor='{args.feature_extractor}'")
+        out.append(setting("eval.feature_extractor", args.feature_extractor))
     if args.inception_weights:
-        out.append(f"eval.inception_weights='{args.inception_weights}'")
+        out.append(setting("eval.inception_weights", args.inception_weights))
     return out
 
 

@@ -1,4 +1,5 @@
 import copy
+import dataclasses
 import gzip
 import json
 import os
@@ -19,6 +20,7 @@ from pipelines.data import (
     SyntheticFaces,
     build_datasets,
     face_attributes,
+    list_image_files,
     render_face,
 )
 from pipelines.datasets import synthetic
@@ -151,7 +153,8 @@ def test_prepared_arrays_built_once_per_key(tmp_path):
     other = PreparedArrays(tmp_path, "x", {**key, "size": 5})
     assert (other.get((3, 4, 4, 3), _fill(9, calls))[0] == 9).all() and len(calls) == 2
     meta = json.loads((other.path / "meta.json").read_text())
-    assert meta == {"key": {"dataset": "x", "size": 5}, "shape": [3, 4, 4, 3]}
+    assert set(meta) == {"key", "shape", "checksums"}
+    assert meta["key"] == {"dataset": "x", "size": 5} and meta["shape"] == [3, 4, 4, 3]
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == sorted(
         [other.path.name, PreparedArrays(tmp_path, "x", key).path.name])
 
@@ -306,9 +309,12 @@ def test_folder_unlabelled_and_bad_files(tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image at all")
     cfg = DataConfig(name="folder", root=str(tmp_path), size=8, val_fraction=0.01)
-    train, val = build_datasets(cfg)
-    assert train.num_classes == 0 and train.class_names == []
-    ds = ImageFolderDataset(train.files + val.files, [-1] * 9, [], 8, root=str(tmp_path))
+    with pytest.raises(DataError, match="bad.png"):  # every file is decoded when the datasets are built
+        build_datasets(cfg)
+    with pytest.warns(UserWarning, match="bad.png"):
+        train, val = build_datasets(dataclasses.replace(cfg, skip_bad_files=True))
+    assert train.num_classes == 0 and train.class_names == [] and len(train) + len(val) == 8
+    ds = ImageFolderDataset(list_image_files(tmp_path), [-1] * 9, [], 8, root=str(tmp_path))
     k = ds.files.index(bad)
     with pytest.raises(DataError, match="bad.png"):
         ds[k]

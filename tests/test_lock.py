@@ -164,3 +164,35 @@ def test_an_unchanged_configuration_is_not_rewritten(sampled_run):
     stamp = (config.stat().st_ino, config.stat().st_mtime_ns)
     assert main(["run", "--run-dir", str(sampled_run), "--until", "priors"]) == 0
     assert (config.stat().st_ino, config.stat().st_mtime_ns) == stamp
+
+
+def test_a_finished_run_in_a_read_only_directory_is_usable(sampled_run, monkeypatch, capsys):
+    """`vqvae2 run` on a finished run whose directory cannot be written (read-only mount) -> works, writes nothing; a command that must write says so in one line"""
+    import errno as errno_mod
+
+    import pipelines.artifacts as artifacts
+    real_open = os.open
+
+    def read_only(path, flags, *args):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise OSError(errno_mod.EROFS, "Read-only file system", str(path))
+        return real_open(path, flags, *args)
+    monkeypatch.setattr(artifacts.os, "open", read_only)  # the lock file (tests run as root: chmod would not hold)
+    assert main(["run", "--run-dir", str(sampled_run), "--until", "priors"]) == 0
+    import pipelines.cli as cli_module
+    monkeypatch.setattr(cli_module, "write_json", lambda path, data: (_ for _ in ()).throw(
+        PermissionError(errno_mod.EACCES, "Permission denied", str(path))))
+    assert main(["run", "--run-dir", str(sampled_run), "--until", "priors", "--set", "sample.n=5"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write" in err and "config.json" in err and "Traceback" not in err
+
+
+def test_flag_values_reach_the_configuration_unchanged(tmp_path):
+    """A flag value with quotes, backslashes or non-ASCII characters (a --reference-stats path) -> the configuration holds exactly that value"""
+    from pipelines.cli import setting
+    from pipelines.config import resolve_config
+    for path in [tmp_path / "it's \"odd\"\\dir" / "ref.npz", tmp_path / "ünï cödé" / "r.npz"]:
+        cfg = resolve_config("demo", [setting("eval.reference_stats", path), setting("sample.temperature", 0.7),
+                                      setting("sample.sampler", "reference")])
+        assert cfg.eval.reference_stats == str(path)
+        assert cfg.sample.temperature == 0.7 and cfg.sample.sampler == "reference"

@@ -338,3 +338,15 @@ def test_psnr_equals_the_formula_on_the_images():
     assert psnr.value() == pytest.approx(10 * np.log10(255 ** 2 / mse), rel=1e-12)
     with pytest.raises(ValueError, match="uint8"):
         psnr.update(torch.from_numpy(a).float(), torch.from_numpy(b))
+
+
+def test_fixed_reference_fd_equals_torch_fidelitys():
+    """The bootstrap's FD against a fixed reference (one eigendecomposition per resample) equals torch-fidelity's FD, also for rank-deficient covariances"""
+    from eval.metrics import Features, FixedReferenceFD, fd_from_stats
+    g = torch.Generator().manual_seed(3)
+    for dim, n_gen, n_real in [(8, 500, 800), (64, 300, 1000), (256, 100, 150)]:  # the last: rank-deficient
+        gen = torch.randn(n_gen, dim, generator=g) * 1.5 + 0.3
+        real = torch.randn(n_real, dim, generator=g)
+        f = lambda x: Features(x, torch.zeros(len(x), 2), (3, 8, 8))  # noqa: E731
+        expected = fd_from_stats(f(gen), f(real))
+        assert FixedReferenceFD(f(real))(gen) == pytest.approx(expected, rel=1e-6)

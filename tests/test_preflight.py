@@ -80,7 +80,8 @@ def test_unlabelled_folder_runs_end_to_end_with_inception(tmp_path, monkeypatch,
     run = tmp_path / "run"
     assert main(["run", "--preset", "ffhq256", "--run-dir", str(run),
                  *ffhq_like(folder, f"eval.inception_weights='{weights}'", "eval.acceptance_rates=[1.0, 0.5]",
-                            "eval.n_samples=4", "eval.n_real=4", "eval.batch_size=4")]) == 0
+                            "eval.n_samples=4", "eval.n_real=4", "eval.batch_size=4",
+                            "eval.fd_resamples=0")]) == 0  # intervals: tests/test_metrics.py
     assert "no class labels: no classifier" in capsys.readouterr().out
     assert not (run / "classifier").exists()
     report = json.loads((run / "eval" / "report.json").read_text())
