@@ -204,6 +204,23 @@ class RunDirBusy(Exception):
     """Another process is writing the run directory."""
 
 
+_HELD_LOCKS: set[int] = set()  # descriptors of the run locks this process holds
+
+
+def _drop_held_locks_in_child() -> None:
+    # a forked child (DataLoader worker, prepare-data pool) shares the lock's open file; were it to keep it,
+    # the lock would outlive a SIGKILLed holder until its children die
+    for fd in _HELD_LOCKS:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD_LOCKS.clear()
+
+
+os.register_at_fork(after_in_child=_drop_held_locks_in_child)
+
+
 class RunLock:
     """An exclusive advisory lock on RUN/.lock (flock), held while a command writes the run. The OS
     releases it when the holder exits or is killed, so a stale lock cannot outlive its process; the
@@ -233,6 +250,7 @@ class RunLock:
             if e.errno not in (errno.EAGAIN, errno.EACCES):
                 raise ValueError(f"cannot lock the run directory {self.root}: {e.strerror}") from None
             raise self.busy() from None
+        _HELD_LOCKS.add(fd)
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": self.command,
                                  "started": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
@@ -250,6 +268,7 @@ class RunLock:
 
     def release(self) -> None:
         if self.fd is not None:
+            _HELD_LOCKS.discard(self.fd)
             os.ftruncate(self.fd, 0)  # no holder recorded while nobody holds it
             os.close(self.fd)  # closing the descriptor releases the flock
             self.fd = None

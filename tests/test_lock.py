@@ -196,3 +196,22 @@ def test_flag_values_reach_the_configuration_unchanged(tmp_path):
                                       setting("sample.sampler", "reference")])
         assert cfg.eval.reference_stats == str(path)
         assert cfg.sample.temperature == 0.7 and cfg.sample.sampler == "reference"
+
+
+def test_forked_children_do_not_keep_the_lock(tmp_path):
+    """A SIGKILLed writer whose forked children (DataLoader workers) live on -> its lock is released all the same"""
+    code = ("import os, sys, time; from pipelines.artifacts import RunDir; "
+            "lock = RunDir(sys.argv[1]).lock('parent').acquire(); pid = os.fork()\n"
+            "if pid == 0:\n    time.sleep(60); os._exit(0)\n"
+            "print(pid, flush=True); sys.stdin.read()")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "run")], cwd=REPO, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    child = int(proc.stdout.readline())
+    try:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        os.kill(child, 0)  # the child is still alive
+        with RunDir(tmp_path / "run").lock("next"):
+            pass
+    finally:
+        os.kill(child, signal.SIGKILL)

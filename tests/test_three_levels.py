@@ -50,9 +50,9 @@ def test_every_stage_runs_with_three_levels(three_level_run):
 
 def test_temperature_per_level_is_checked_against_the_levels(three_level_run, capsys):
     for value, message in (("[1.0, 0.5]", "sample.temperature has 2 values but the VQ-VAE has 3 levels"),
-                           ("[1.0, 0.0, 0.5]", "sample.temperature must be > 0"),
+                           ("[1.0, 0.0, 0.5]", "sample.temperature must be finite and > 0"),
                            ("'warm'", "sample.temperature must be float or list[float], got 'warm'"),
-                           ("[1.0, 'warm', 0.5]", "sample.temperature must be > 0")):
+                           ("[1.0, 'warm', 0.5]", "sample.temperature must be finite and > 0")):
         assert main(["sample", "--run-dir", str(three_level_run.root), "--set", f"sample.temperature={value}"]) != 0
         assert message in capsys.readouterr().err
 

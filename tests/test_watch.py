@@ -238,7 +238,7 @@ def test_unknown_or_missing_tracker_is_a_clear_error(tmp_path, monkeypatch, caps
 def test_status_of_a_fresh_run(tmp_path, capsys):
     assert _status(tmp_path / "nothing") == {"run_dir": str(tmp_path / "nothing"), "config": None, "stages": [],
                                              "next": f"vqvae2 run --preset PRESET --run-dir {tmp_path / 'nothing'}",
-                                             "next_stage": None}
+                                             "next_stage": None, "writer": None}
     run = tmp_path / "run"
     load_run_config(RunDir(run), "demo", folder_overrides(make_image_folder(tmp_path / "images")))
     status = _status(run)
