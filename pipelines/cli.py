@@ -177,6 +177,7 @@ def _show_note(message, category, filename, lineno, file=None, line=None):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what the lock records as the holder's command
     warnings.showwarning = _show_note
     keep_freed_memory()  # before the first large tensor: see pipelines/allocator.py
     init_processes()
@@ -242,18 +243,18 @@ def _dispatch(args, run: RunDir) -> int:
     if _world_size() == 1:  # a run being written is the first thing to say (launched ranks agree in _one_writer)
         run.lock(args.command).refuse_if_held()
     load_run_config(run, getattr(args, "preset", None), overrides, write=False)  # bad values: refused, nothing made
-    with _one_writer(run, args.command):
+    with _one_writer(run, args.argv):
         return _write(args, run, overrides)
 
 
 @contextmanager
-def _one_writer(run: RunDir, command: str):
+def _one_writer(run: RunDir, argv: list[str]):
     """The run-directory lock for the whole command, taken by the main process; when it is refused,
     every process of a launched run stops alike."""
     lock, refusal = None, None
     if _is_main_process():
         try:
-            lock = run.lock(f"vqvae2 {command} (" + " ".join(sys.argv[1:])[:200] + ")").acquire()
+            lock = run.lock(f"vqvae2 {' '.join(argv)}"[:200]).acquire()
         except (RunDirBusy, ValueError) as e:
             refusal = e
     if _others_must_stop(refusal is not None):

@@ -215,3 +215,17 @@ def test_forked_children_do_not_keep_the_lock(tmp_path):
             pass
     finally:
         os.kill(child, signal.SIGKILL)
+
+
+def test_the_lock_records_the_holders_own_command(tmp_path):
+    """While a command holds the lock, the holder recorded is that command, as its user typed it"""
+    from pipelines import cli
+    seen = []
+    original = cli._write
+    cli._write = lambda args, run, overrides: seen.append(lock_holder(run.root)) or 0
+    try:
+        assert main(["train-vqvae", "--run-dir", str(tmp_path / "run"), "--preset", "demo"]) == 0
+    finally:
+        cli._write = original
+    assert seen[0]["pid"] == os.getpid()
+    assert seen[0]["command"] == f"vqvae2 train-vqvae --run-dir {tmp_path / 'run'} --preset demo"
