@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import re
 import tomllib
 import warnings
 from dataclasses import dataclass, field
@@ -11,7 +12,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from vqvae2.config import VQVAEConfig, _check, from_dict, level_names, to_dict, unknown_key_error
+from eval.classifier import ClassifierConfig
+from vqvae2.config import PixelSNAILConfig, VQVAEConfig, _check, from_dict, level_names, to_dict, unknown_key_error
 
 from .data import DataConfig
 
@@ -179,10 +181,19 @@ class PipelineConfig:
     def __post_init__(self) -> None:
         _check(self.vqvae.image_size == self.data.size,
                f"vqvae.image_size ({self.vqvae.image_size}) must equal data.size ({self.data.size})")
-        for level in self.prior:
+        _check(isinstance(self.prior, dict), f"[prior] must hold one table per level, got {self.prior!r}")
+        for level, section in self.prior.items():
+            _check(isinstance(section, dict), f"[prior.{level}] must be a table of PixelSNAIL settings, got {section!r}")
             if level not in self.vqvae.levels:
                 raise ValueError(f"prior.{level}: unknown level {level!r}; the VQ-VAE's levels are {self.vqvae.levels}")
             self.prior_train(level)  # a bad [prior.<level>.train] key or value is an error now, not at its stage
+        # every model section is built now with what the data will fix stood in, so that a misspelled key
+        # or bad value is refused before stage 1 trains, not when its own stage starts
+        sizes = self.vqvae.grid_sizes()
+        for level in self.vqvae.levels:
+            prior_model_config(self.prior.get(level, {}), level, self.vqvae.levels, sizes, self.vqvae.codebook_size,
+                               num_classes=2)
+        classifier_model_config(self.classifier, self.vqvae.in_channels, self.data.size, num_classes=2)
         for key, t in (("sample.temperature", self.sample.temperature), ("eval.temperature", self.eval.temperature)):
             _check(not isinstance(t, list) or len(t) == len(self.vqvae.levels),
                    f"{key} has {len(t) if isinstance(t, list) else 1} values but the VQ-VAE has "
@@ -196,7 +207,12 @@ class PipelineConfig:
             raise ValueError(f"prior.{level}.train must be a table of [train_prior] options, got {own!r}")
         if not own:
             return self.train_prior
-        return from_dict(TrainConfig, {**to_dict(self.train_prior), **own}, where=f"prior.{level}.train.")
+        try:
+            return from_dict(TrainConfig, {**to_dict(self.train_prior), **own}, where=f"prior.{level}.train.")
+        except ValueError as e:  # TrainConfig's own checks name the bare field
+            if str(e).split(" ", 1)[0] in {f.name for f in dataclasses.fields(TrainConfig)}:
+                raise ValueError(f"prior.{level}.train.{e}") from e
+            raise
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
@@ -217,6 +233,58 @@ class PipelineConfig:
             if extra is not None:
                 out[name] |= extra()
         return out
+
+
+PRIOR_DERIVED = ("codebook_size", "height", "width", "n_classes", "cond_shapes")
+CLASSIFIER_DERIVED = ("in_channels", "image_size", "num_classes")
+
+
+def prior_model_config(settings: dict, level: str, levels: list[str], grid_sizes: list[int], codebook_size: int,
+                       num_classes: int) -> PixelSNAILConfig:
+    """A level's PixelSNAIL config: its `[prior.<level>]` settings plus what the codes fix (grid,
+    codebook size, the levels above, the number of classes; 0 classes when class_conditional=false)."""
+    if not isinstance(settings, dict):
+        raise ValueError(f"[prior.{level}] must be a table of PixelSNAIL settings, got {settings!r}")
+    settings = {k: v for k, v in settings.items() if k != "train"}  # the level's training table (prior_train)
+    for key in PRIOR_DERIVED:
+        if key in settings:
+            raise ValueError(f"prior.{level}.{key} is set from the codes and cannot be configured")
+    valid = [f.name for f in dataclasses.fields(PixelSNAILConfig) if f.name not in PRIOR_DERIVED]
+    valid.append("class_conditional")
+    for key in settings:
+        if key not in valid and key not in PRIOR_DERIVED:
+            raise unknown_key_error(key, valid + ["train"], f"prior.{level}.")
+    conditional = settings.pop("class_conditional", True)
+    _check(isinstance(conditional, bool), f"prior.{level}.class_conditional must be true or false, got {conditional!r}")
+    i = levels.index(level)
+    derived = {"codebook_size": codebook_size, "height": grid_sizes[i], "width": grid_sizes[i],
+               "n_classes": num_classes if conditional else 0,
+               "cond_shapes": [[codebook_size, s, s] for s in grid_sizes[:i]]}
+    return _model_config(PixelSNAILConfig, {**settings, **derived}, f"prior.{level}.")
+
+
+def classifier_model_config(settings: dict, in_channels: int, image_size: int, num_classes: int) -> ClassifierConfig:
+    """The classifier's config: `[classifier]` plus what the data fixes."""
+    if not isinstance(settings, dict):
+        raise ValueError(f"[classifier] must be a table of classifier settings, got {settings!r}")
+    valid = [f.name for f in dataclasses.fields(ClassifierConfig) if f.name not in CLASSIFIER_DERIVED]
+    for key in settings:
+        if key in CLASSIFIER_DERIVED:
+            raise ValueError(f"classifier.{key} is set from the data and cannot be configured")
+        if key not in valid:
+            raise unknown_key_error(key, valid, "classifier.")
+    return _model_config(ClassifierConfig, {**settings, "in_channels": in_channels, "image_size": image_size,
+                                            "num_classes": num_classes}, "classifier.")
+
+
+def _model_config(cls, data: dict, where: str):
+    try:
+        return from_dict(cls, data, where=where)
+    except TypeError as e:
+        raise ValueError(f"[{where[:-1]}]: {e}") from e
+    except ValueError as e:  # PixelSNAILConfig names its checks 'prior.x': add the level
+        section = where.split(".")[0]
+        raise ValueError(re.sub(rf"\b{section}\.(?!{where[len(section) + 1:]})", where, str(e))) from e
 
 
 # section -> {option: default} of options added after the first release (see PipelineConfig.hash_dict)

@@ -7,40 +7,24 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from vqvae2.config import PixelSNAILConfig, from_dict
+from vqvae2.config import PixelSNAILConfig
 from vqvae2.pixelsnail import PixelSNAIL
 from vqvae2.sampling import sample_cached
 from vqvae2.vqvae import VQVAE2
 
 from .artifacts import RunDir, hash_config, read_json, write_json
 from .codes import CodesDataset, first_codes, read_codes_meta
-from .config import PipelineConfig, train_hash_options
+from .config import PipelineConfig, prior_model_config, train_hash_options
 from .images import grid_image, to_uint8
 from .train import machine_settings, make_accelerator, train
 from .watch import Watcher
 
-DERIVED = ("codebook_size", "height", "width", "n_classes", "cond_shapes")
-
-
 def prior_config(cfg: PipelineConfig, level: str, codes_meta: dict) -> PixelSNAILConfig:
-    """The level's PixelSNAIL config: the preset's `[prior.<level>]` settings plus what the codes fix
-    (grid, codebook size, the levels above, the number of classes)."""
+    """The level's PixelSNAIL config for the extracted codes (see pipelines.config.prior_model_config)."""
     if level not in codes_meta["levels"]:
         raise ValueError(f"unknown level {level!r}: the VQ-VAE's levels are {codes_meta['levels']}")
-    settings = dict(cfg.prior.get(level, {}))
-    settings.pop("train", None)  # the level's training settings (PipelineConfig.prior_train), not the model's
-    for key in DERIVED:
-        if key in settings:
-            raise ValueError(f"prior.{level}.{key} is set from the codes and cannot be configured")
-    class_conditional = bool(settings.pop("class_conditional", True))
-    i = codes_meta["levels"].index(level)
-    sizes, k = codes_meta["grid_sizes"], codes_meta["codebook_size"]
-    derived = {
-        "codebook_size": k, "height": sizes[i], "width": sizes[i],
-        "n_classes": codes_meta["num_classes"] if class_conditional else 0,
-        "cond_shapes": [[k, s, s] for s in sizes[:i]],
-    }
-    return from_dict(PixelSNAILConfig, {**settings, **derived}, where=f"prior.{level}.")
+    return prior_model_config(cfg.prior.get(level, {}), level, codes_meta["levels"], codes_meta["grid_sizes"],
+                              codes_meta["codebook_size"], codes_meta["num_classes"])
 
 
 def stage_hash(cfg: PipelineConfig, run: RunDir, level: str) -> str:

@@ -16,16 +16,13 @@ import torch.nn.functional as F
 from accelerate import PartialState
 from torch.utils.data import DataLoader, Subset
 
-from eval.classifier import Classifier, ClassifierConfig, evaluate_accuracy, weights_hash
-from vqvae2.config import from_dict
+from eval.classifier import Classifier, evaluate_accuracy, weights_hash
 
 from .artifacts import RunDir, hash_config, write_json
-from .config import PipelineConfig
+from .config import PipelineConfig, classifier_model_config
 from .data import build_datasets
 from .train import machine_settings, make_accelerator, train
 from .watch import Watcher
-
-DERIVED = ("in_channels", "image_size", "num_classes")
 
 
 def classifier_dirs(cfg: PipelineConfig, run: RunDir) -> dict[str, "object"]:
@@ -76,12 +73,7 @@ def train_classifier(cfg: PipelineConfig, run: RunDir) -> dict | None:
     if train_set.num_classes < 2:
         raise ValueError(f"dataset {cfg.data.name!r} has no class labels: the classifier (rejection sampling, "
                          f"FD-domain) needs labelled data; use --feature-extractor inception")
-    for key in DERIVED:
-        if key in cfg.classifier:
-            raise ValueError(f"classifier.{key} is set from the data and cannot be configured")
-    ccfg = from_dict(ClassifierConfig, {**cfg.classifier, "in_channels": train_set.channels,
-                                        "image_size": cfg.data.size, "num_classes": train_set.num_classes},
-                     where="classifier.")
+    ccfg = classifier_model_config(cfg.classifier, train_set.channels, cfg.data.size, train_set.num_classes)
     h = classifier_hash(cfg)
     metrics = {}
     for offset, (role, out_dir) in enumerate(classifier_dirs(cfg, run).items()):

@@ -37,10 +37,16 @@ def test_every_preset_has_a_prior_per_level_with_working_shapes(preset):
 
 
 def test_prior_settings_fixed_by_the_codes_cannot_be_configured():
-    cfg = resolve_config("fashion32", ["prior.top.height=16"])
-    meta = {"levels": ["top", "bottom"], "grid_sizes": [4, 8], "codebook_size": 512, "num_classes": 10}
+    """Checked when the configuration is resolved, not when the prior's stage starts."""
     with pytest.raises(ValueError, match="prior.top.height is set from the codes"):
-        prior_config(cfg, "top", meta)
-    cfg = resolve_config("fashion32", ["prior.top.chanels=16"])
-    with pytest.raises(ValueError, match="did you mean 'channels'"):
-        prior_config(cfg, "top", meta)
+        resolve_config("fashion32", ["prior.top.height=16"])
+    with pytest.raises(ValueError, match="unknown key 'prior.top.chanels'; did you mean 'channels'"):
+        resolve_config("fashion32", ["prior.top.chanels=16"])
+
+
+def test_codes_fix_the_grid_classes_and_levels_above():
+    cfg = resolve_config("fashion32", ["prior.top.class_conditional=false"])
+    meta = {"levels": ["top", "bottom"], "grid_sizes": [4, 8], "codebook_size": 512, "num_classes": 10}
+    top, bottom = prior_config(cfg, "top", meta), prior_config(cfg, "bottom", meta)
+    assert (top.height, top.n_classes, top.cond_shapes) == (4, 0, [])
+    assert (bottom.height, bottom.n_classes, bottom.cond_shapes) == (8, 10, [[512, 4, 4]])

@@ -313,9 +313,15 @@ def test_dependency_loaders_are_not_reached_with_user_paths():
     ("vqvae.strides=[8, 8]", "do not divide vqvae.image_size 32"),
     ("data.name='imagenet'", "data.name must be one of"),
     ("prior.middle.channels=8", "prior.middle: unknown level 'middle'"),
+    ("prior.top.chanels=16", "unknown key 'prior.top.chanels'; did you mean 'channels'"),
+    ("prior.top.n_heads=5", "prior.top.channels (64) must be divisible by prior.top.n_heads (5)"),
+    ("prior.top.train.stepz=5", "unknown key 'prior.top.train.stepz'; did you mean 'steps'"),
+    ("prior.top.class_conditional=2", "prior.top.class_conditional must be true or false, got 2"),
+    ("classifier.chanels=[8]", "unknown key 'classifier.chanels'; did you mean 'channels'"),
+    ("classifier.num_classes=3", "classifier.num_classes is set from the data and cannot be configured"),
 ])
 def test_bad_configuration_is_a_clear_error_and_writes_nothing(tmp_path, capsys, override, message):
-    """Unknown key / wrong type / negative steps / codebook > 65535 / strides not dividing / unknown level -> error naming the key and value; nothing written"""
+    """Unknown key / wrong type / negative steps / codebook > 65535 / strides not dividing / unknown level / a prior's or the classifier's misspelled key or bad value (checked before stage 1, not at their stage) -> error naming the key and value; nothing written"""
     run = tmp_path / "run"
     assert main(["train-vqvae", "--preset", "demo", "--run-dir", str(run), "--set", override]) == 2
     assert message in capsys.readouterr().err
