@@ -335,6 +335,8 @@ def metrics_from_features(gen: Features, real: Features | ReferenceStats, spec: 
         raise ValueError(f"isc_splits must be in [1, n_generated = {n_gen}], got {isc_splits}")
     if fd_resamples < 0 or fd_resamples == 1:
         raise ValueError(f"fd_resamples must be 0 (no interval) or >= 2, got {fd_resamples}")
+    if n_gen < 2 or n_real < 2:  # a covariance needs two samples
+        raise ValueError(f"a Frechet distance needs at least 2 generated and 2 real images, got {n_gen} and {n_real}")
     ref = _stats(real)  # once: every FD below is against it
     fd = fd_from_stats(gen, ref)
     out: dict[str, Any] = {

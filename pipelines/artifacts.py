@@ -17,6 +17,7 @@ import socket
 import tempfile
 import time
 import tokenize
+import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -50,7 +51,7 @@ def read_json(path: str | Path) -> Any:
         raise FileNotFoundError(f"{path} does not exist")
     try:
         return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+    except ValueError as e:  # JSONDecodeError, or UnicodeDecodeError for a binary file under this name
         raise ValueError(f"{path} is not valid JSON ({e}); delete it and re-run the stage that writes it") from e
 
 
@@ -69,6 +70,48 @@ def load_npy(path: str | Path, mmap: bool = False) -> np.ndarray:
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (ValueError, OSError, EOFError, SyntaxError, tokenize.TokenError) as e:  # a damaged header: the last two
         raise ValueError(f"{path} is truncated or not a .npy array ({e}); re-run the stage that writes it") from e
+
+
+def damage(path: Path) -> str | None:
+    """Why a finished artefact (safetensors, .npy, .npz) cannot be read in full, or None: its header is
+    parsed and its length checked against what the header promises, without reading the data."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            if path.suffix == ".safetensors":
+                n = int.from_bytes(f.read(8), "little")
+                if not 2 <= n <= size - 8:
+                    return "truncated or not a safetensors file"
+                header = json.loads(f.read(n))
+                end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+                return None if 8 + n + end == size else f"{size} bytes where its header describes {8 + n + end}"
+            if path.suffix == ".npy":
+                version = np.lib.format.read_magic(f)
+                read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+                if version not in read:
+                    return f"an .npy format version {version} this reader does not check"
+                shape, _, dtype = read[version](f)
+                expected = f.tell() + int(np.prod(shape)) * dtype.itemsize
+                return None if expected == size else f"{size} bytes where its header describes {expected}"
+            if path.suffix == ".npz":
+                with zipfile.ZipFile(f) as z:
+                    z.infolist()
+                return None
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError, SyntaxError, tokenize.TokenError,
+            zipfile.BadZipFile) as e:
+        return f"unreadable ({type(e).__name__}: {e})"
+    return None
+
+
+def damaged_output(stage_dir: Path) -> tuple[Path, str] | None:
+    """The first weights or array file of a finished stage that is damaged (training states, which
+    resume or are refused on their own, aside), with the reason."""
+    for path in sorted(stage_dir.rglob("*")):
+        if path.suffix in (".safetensors", ".npy", ".npz") and "state" not in path.relative_to(stage_dir).parts:
+            reason = damage(path)
+            if reason is not None:
+                return path, reason
+    return None
 
 
 def save_npz(path: str | Path, **arrays: np.ndarray) -> Path:
@@ -100,11 +143,11 @@ def truncate_jsonl(path: str | Path, max_step: int) -> None:
     if not path.is_file():
         return
     keep = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="replace").splitlines():
         try:
             if json.loads(line).get("step", 0) <= max_step:
                 keep.append(line)
-        except json.JSONDecodeError:
+        except (ValueError, AttributeError):
             break  # a line cut by a kill: everything after it is gone
     atomic_write(path, lambda tmp: Path(tmp).write_text("".join(l + "\n" for l in keep)))
 
@@ -351,5 +394,5 @@ class RunDir:
             return None
         try:
             return json.loads(path.read_text()).get("config_hash")
-        except json.JSONDecodeError:
+        except (ValueError, AttributeError):  # not JSON, not text, or not an object: not finished
             return None

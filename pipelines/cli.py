@@ -242,7 +242,10 @@ def _dispatch(args, run: RunDir) -> int:
             overrides.append(setting("eval.reference_stats", args.reference_stats))
     if _world_size() == 1:  # a run being written is the first thing to say (launched ranks agree in _one_writer)
         run.lock(args.command).refuse_if_held()
-    load_run_config(run, getattr(args, "preset", None), overrides, write=False)  # bad values: refused, nothing made
+    cfg = load_run_config(run, getattr(args, "preset", None), overrides, write=False)  # bad values: refused,
+    if args.command == "run":  # nothing made; nor for a configuration that cannot run to its end
+        from .preflight import preflight
+        preflight(cfg, args.until)
     with _one_writer(run, args.argv):
         return _write(args, run, overrides)
 

@@ -38,10 +38,10 @@ def read_records(path: str | Path) -> list[dict]:
     if not path.is_file():
         return []
     records = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="replace").splitlines():
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
+        except ValueError:
             continue
         if isinstance(record, dict) and "step" in record:
             records.append(record)

@@ -166,6 +166,10 @@ def evaluate(cfg: PipelineConfig, run: RunDir) -> dict | None:
     real: Features | ReferenceStats = reference if reference is not None else \
         net.extract(_progress(image_batches(val_set, e.n_real, e.batch_size), "features of real images"), e.batch_size)
     n_real = real.n if isinstance(real, ReferenceStats) else len(real)
+    if n_real < 2:
+        raise ValueError(f"evaluation compares samples with the validation images, but the validation split of "
+                         f"data {cfg.data.name!r} {cfg.data.root} holds {n_real}: add images or raise data.val_fraction "
+                         f"({cfg.data.val_fraction}), or give eval.reference_stats")
     kid_subset = min(e.kid_subset_size, e.n_samples, n_real)
     common = dict(kid_subset_size=kid_subset, seed=e.seed, fd_resamples=e.fd_resamples)
 

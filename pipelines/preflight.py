@@ -81,6 +81,7 @@ def _check_evaluation(cfg: PipelineConfig, stages: list[str], n_classes: int) ->
             f"data's class labels, but data {cfg.data.name!r} ({cfg.data.root}) has no class labels (no "
             f"class subfolders). Evaluate with Inception: --set eval.feature_extractor='inception' (weights at "
             f"eval.inception_weights or in torch's hub cache), or stop before evaluation with --until samples")
+    from .data import list_image_files
     if e.feature_extractor == "inception":
         from eval.features import inception_extractor
         try:
@@ -88,6 +89,14 @@ def _check_evaluation(cfg: PipelineConfig, stages: list[str], n_classes: int) ->
         except FileNotFoundError as err:
             raise PreflightError(f"{err} To run the other stages now and evaluate later, use --until samples.") \
                 from None
+    if cfg.data.name == "folder" and not e.reference_stats:
+        from .datasets.folder import folder_split
+        root = Path(cfg.data.root)
+        n_val = sum(folder_split(cfg.data, [f.relative_to(root).as_posix() for f in list_image_files(root)]))
+        if n_val < 2:
+            raise PreflightError(f"evaluation compares samples with the validation images, but the validation split "
+                                 f"of {root} holds {n_val}: add images or raise data.val_fraction "
+                                 f"({cfg.data.val_fraction}), give eval.reference_stats, or stop with --until samples")
     if e.reference_stats and not Path(e.reference_stats).is_file():
         raise PreflightError(f"eval.reference_stats {e.reference_stats} does not exist: make it with "
                              f"`vqvae2 fid-stats` or leave eval.reference_stats empty")

@@ -5,7 +5,7 @@ import shutil
 
 from accelerate import PartialState
 
-from .artifacts import RunDir
+from .artifacts import RunDir, damaged_output
 from .config import PipelineConfig
 
 from .preflight import STAGES, preflight  # noqa: F401 (STAGES: the order of `vqvae2 run`)
@@ -17,7 +17,15 @@ def _log(msg: str) -> None:
 
 
 def _done(run: RunDir, stage_dir, h: str) -> bool:
-    return run.stage_hash(stage_dir) == h
+    """Finished for this configuration, with its weights and arrays intact (a damaged one is redone)."""
+    return run.stage_hash(stage_dir) == h and _intact(stage_dir)
+
+
+def _intact(stage_dir) -> bool:
+    found = damaged_output(stage_dir)
+    if found is not None:
+        _log(f"[{stage_dir.name}] {found[0]} is damaged ({found[1]}): redoing the stage")
+    return found is None
 
 
 def stage_vqvae(cfg: PipelineConfig, run: RunDir, force: bool = False) -> None:
@@ -38,7 +46,7 @@ def stage_codes(cfg: PipelineConfig, run: RunDir, force: bool = False) -> None:
     from . import codes
     h = codes.stage_hash(run)
     meta = run.codes / "codes.json"
-    if not force and meta.is_file() and _read_hash(meta) == h:
+    if not force and meta.is_file() and _read_hash(meta) == h and _intact(run.codes):
         _log(f"[codes] up to date ({meta}); skipping")
         return
     if PartialState().is_main_process:
@@ -105,7 +113,7 @@ def _read_hash(path) -> str | None:
     import json
     try:
         return json.loads(path.read_text()).get("config_hash")
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError, AttributeError):
         return None
 
 

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .artifacts import RunDir, describe_holder, find_training_state, lock_holder, read_json
+from .artifacts import RunDir, damaged_output, describe_holder, find_training_state, lock_holder, read_json
 from .config import PipelineConfig, config_from_dict, format_temperature
 from .curves import read_records
 
@@ -69,11 +69,15 @@ def _clock(t: float) -> str:
 # one stage
 
 def _finished(name: str, summary: dict | None, expected: str | None, command: str,
-              describe: Callable[[dict], tuple[str, dict]]) -> StageStatus | None:
-    """DONE or STALE when the stage's summary exists, else None."""
+              describe: Callable[[dict], tuple[str, dict]], stage_dir: Path) -> StageStatus | None:
+    """DONE, DAMAGED (weights or arrays unreadable) or STALE when the stage's summary exists, else None."""
     if summary is None:
         return None
     if expected is not None and summary.get("config_hash") == expected:
+        found = damaged_output(stage_dir)
+        if found is not None:
+            return StageStatus(name, DAMAGED, f"{found[0]} is damaged ({found[1]}); `vqvae2 run` redoes the stage",
+                               command)
         detail, metrics = describe(summary)
         return StageStatus(name, DONE, detail, command, metrics)
     return StageStatus(name, STALE, "finished for another configuration, or on outputs of an earlier stage that "
@@ -85,7 +89,7 @@ def _training(name: str, dirs: dict[str, Path], expected: str | None, steps: int
     """A training stage. Its summary is metrics.json in the first of `dirs`; each of them may hold a state
     and a metrics.jsonl (the classifier stage trains two networks, one after the other)."""
     first, last = list(dirs.values())[0], list(dirs.values())[-1]
-    done = _finished(name, _read(first / "metrics.json"), expected, command, describe)
+    done = _finished(name, _read(first / "metrics.json"), expected, command, describe, first)
     if done is not None:
         return done
     for role, d in dirs.items():
@@ -117,7 +121,7 @@ def _progress_detail(p: dict) -> str:
 def _chunked(name: str, summary: dict | None, expected: str | None, store: Path, command: str,
              describe: Callable[[dict], tuple[str, dict]]) -> StageStatus:
     """A stage that writes chunks to a store (sampling, evaluation's candidates) before its summary."""
-    done = _finished(name, summary, expected, command, describe)
+    done = _finished(name, summary, expected, command, describe, store.parent)
     if done is not None:
         return done
     key = _read(store / "store.json")
@@ -146,7 +150,7 @@ def _codes(cfg: PipelineConfig, run: RunDir, root: str) -> StageStatus:
     from .codes import stage_hash
     command = f"vqvae2 extract-codes --run-dir {root}"
     done = _finished("codes", _read(run.codes / "codes.json"), _expected(lambda: stage_hash(run)), command,
-                     lambda m: (f"{m['n']['train']} train, {m['n']['val']} val items", {"n": m["n"]}))
+                     lambda m: (f"{m['n']['train']} train, {m['n']['val']} val items", {"n": m["n"]}), run.codes)
     if done is not None:
         return done
     if any(p.is_dir() for p in run.root.glob("codes.tmp*")):

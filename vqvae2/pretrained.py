@@ -73,7 +73,7 @@ class PretrainedMixin:
             raise FileNotFoundError(f"{path} does not exist: is {directory} a saved {cls.model_type} model?")
         try:
             meta = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
+        except ValueError as e:  # not JSON, or not text
             raise ValueError(f"{path} is not valid JSON ({e})") from e
         if meta.get("model_type") != cls.model_type:
             raise ValueError(f"{path} holds a {meta.get('model_type')!r} model, expected {cls.model_type!r}")

@@ -161,6 +161,19 @@ def folder_class_names(root: Path, files: list[Path]) -> list[str]:
     return sorted({r.split("/", 1)[0] for r in rels}) if all("/" in r for r in rels) else []
 
 
+def folder_split(cfg, rels: list[str]) -> list[bool]:
+    """Which files (relative paths) are validation images: a hash of (seed, path), so the split is
+    reproducible and stable when files are added or removed; both sides get one image at least."""
+    u = [_split_value(cfg.seed, r) for r in rels]
+    is_val = [x < cfg.val_fraction for x in u]
+    if len(rels) >= 2:
+        if not any(is_val):
+            is_val[min(range(len(u)), key=u.__getitem__)] = True
+        if all(is_val):
+            is_val[max(range(len(u)), key=u.__getitem__)] = False
+    return is_val
+
+
 def build_folder(cfg):
     root = Path(cfg.root)
     files = list_image_files(root)
@@ -168,14 +181,7 @@ def build_folder(cfg):
     class_names = folder_class_names(root, files)
     cls = {c: k for k, c in enumerate(class_names)}
     labels = [cls[r.split("/", 1)[0]] for r in rels] if class_names else [-1] * len(files)
-    # reproducible split: hash of (seed, relative path); stable when files are added or removed
-    u = [_split_value(cfg.seed, r) for r in rels]
-    is_val = [x < cfg.val_fraction for x in u]
-    if len(files) >= 2:
-        if not any(is_val):
-            is_val[min(range(len(u)), key=u.__getitem__)] = True
-        if all(is_val):
-            is_val[max(range(len(u)), key=u.__getitem__)] = False
+    is_val = folder_split(cfg, rels)
 
     if cfg.prepare:  # every file decoded once into a memory-mapped array (pipelines/datasets/prepared.py)
         from .prepared import PreparedImages, prepare_folder
