@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from pipelines.artifacts import RunDir, find_training_state, read_json
 from pipelines.cli import load_run_config, main
 from pipelines.codes import first_codes
-from pipelines.config import TRACKERS, resolve_config
+from pipelines.config import TRACKERS, preset_names, resolve_config
 from pipelines.curves import plot_curves, read_records
 from pipelines.images import grid_image, to_uint8
 from pipelines.stage1 import train_vqvae
@@ -324,3 +324,12 @@ def test_status_while_another_process_trains_and_after_a_sigkill(tmp_path):
     saved = json.loads((find_training_state(run / "vqvae" / "state") / "progress.json").read_text())["step"]
     vq = _stages(_status(run))["vqvae"]
     assert vq["state"] == "in progress" and vq["metrics"]["step"] == saved >= 9
+
+
+@pytest.mark.parametrize("preset", preset_names())
+def test_every_preset_watches_its_training_by_default(preset):
+    """Validation points and progress pictures are on in every preset, at least two per training run"""
+    cfg = resolve_config(preset)
+    for name, tcfg in [("train_vqvae", cfg.train_vqvae), *((f"prior.{lv}", cfg.prior_train(lv)) for lv in cfg.prior)]:
+        assert 0 < tcfg.val_every and 0 < tcfg.image_every, name
+        assert tcfg.steps // tcfg.image_every >= 2 and tcfg.steps // tcfg.val_every >= 2, name
