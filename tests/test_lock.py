@@ -1,4 +1,4 @@
-"""Writing a run directory: one writer at a time (pipelines/artifacts.py RunLock: a second writer is
+"""Writing a run directory: one writer at a time (pipelines/runlock.py RunLock: a second writer is
 refused at once, naming the holder; a killed holder leaves no stale lock; readers never take it), and
 config.json saved only with values a stage ran with (pipelines/cli.py)."""
 import json
@@ -229,3 +229,24 @@ def test_the_lock_records_the_holders_own_command(tmp_path):
         cli._write = original
     assert seen[0]["pid"] == os.getpid()
     assert seen[0]["command"] == f"vqvae2 train-vqvae --run-dir {tmp_path / 'run'} --preset demo"
+
+
+def test_the_console_script_refuses_a_second_writer_before_importing_torch(tmp_path, capsys):
+    """`vqvae2 sample` (the console script) on a run another process writes -> refused with the full command's one line, without importing torch; `status` and `--help` are not refused"""
+    run = tmp_path / "run"
+    holder = _holder(run)
+    try:
+        script = ("import sys; from pipelines.command import main; code = main(sys.argv[1:]); "
+                  "print(code, 'torch' in sys.modules)")
+        probe = subprocess.run([sys.executable, "-c", script, "sample", "--run-dir", str(run), "--n", "4"], cwd=REPO,
+                               capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert probe.stdout.split() == ["2", "False"], probe.stdout + probe.stderr
+        assert main(["sample", "--run-dir", str(run), "--n", "4"]) == 2
+        assert probe.stderr.strip() == capsys.readouterr().err.strip() and f"PID {holder.pid}" in probe.stderr
+        from pipelines.command import busy_refusal
+        assert busy_refusal(["sample", f"--run-dir={run}"]) == probe.stderr.strip()
+        assert busy_refusal(["status", "--run-dir", str(run)]) is None
+        assert busy_refusal(["sample", "--run-dir", str(run), "--help"]) is None
+    finally:
+        holder.communicate("")
+    assert busy_refusal(["sample", "--run-dir", str(run)]) is None  # released with its holder
