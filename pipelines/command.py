@@ -28,7 +28,7 @@ def busy_refusal(argv: list[str]) -> str | None:
     Launched runs (accelerate) and help requests go on to the full command, which checks again."""
     if not argv or argv[0].startswith("-") or argv[0] in LOCK_FREE or {"-h", "--help"} & set(argv):
         return None
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if os.environ.get("WORLD_SIZE", "1") != "1":  # a launched rank: the full command agrees across ranks
         return None
     run_dir = _run_dir(argv)
     if run_dir is None:
