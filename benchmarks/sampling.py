@@ -38,7 +38,7 @@ from pipelines.config import resolve_config  # noqa: E402
 from pipelines.stage2 import prior_config  # noqa: E402
 from vqvae2.config import PixelSNAILConfig  # noqa: E402
 from vqvae2.pixelsnail import PixelSNAIL  # noqa: E402
-from vqvae2.sampling import sample_cached, sample_compiled, sample_hierarchy, sample_reference  # noqa: E402
+from vqvae2.sampling import PriorWeights, sample_cached, sample_compiled, sample_hierarchy, sample_reference  # noqa: E402
 
 
 # prior sizes: read from the presets, so the benchmark measures what the pipeline trains
@@ -87,8 +87,11 @@ def bench_fashion32(batch: int, top_channels: int, bottom_channels: int, seed: i
     torch.manual_seed(seed)
     priors = [PixelSNAIL(cfg).eval() for cfg in fashion32_priors(top_channels, bottom_channels)]
     labels = torch.arange(batch) % 10
+    # the incremental samplers' weight layout, built once as a caller sampling many times would (timed apart)
+    weights_s, weights = _timed(lambda: [PriorWeights(p) for p in priors], FASHION32_REPEATS)
     run = lambda sampler: sample_hierarchy(priors, batch, labels=labels, sampler=sampler,  # noqa: E731
-                                           generator=torch.Generator().manual_seed(seed))
+                                           generator=torch.Generator().manual_seed(seed),
+                                           weights=None if sampler == "reference" else weights)
     run("cached")  # warm-up
     cached_s, codes = _timed(lambda: run("cached"), FASHION32_REPEATS)
     reference_s, ref_codes = _timed(lambda: run("reference"), FASHION32_REPEATS)
@@ -100,6 +103,7 @@ def bench_fashion32(batch: int, top_channels: int, bottom_channels: int, seed: i
                timing="median of %d runs each" % FASHION32_REPEATS,
                positions_timed=sum(p.config.height * p.config.width for p in priors),
                same_codes=all(torch.equal(a, b) for a, b in zip(codes, ref_codes)), batch=batch,
+               weights_seconds=weights_s,
                priors={name: dataclasses.asdict(p.config) for name, p in zip(("top", "bottom"), priors)})
     if compiled:  # sample.sampler=compiled: the first call compiles, the timed ones reuse the graphs
         compile_s, _ = _timed(lambda: run("compiled"))
@@ -133,17 +137,18 @@ def bench_ffhq256(batch: int, channels: int, size: int, n_units: int, ref_positi
     prior = PixelSNAIL(cfg).eval()
     kc, h, w = cfg.cond_shapes[0]
     cond = [torch.randint(0, kc, (batch, h, w), generator=torch.Generator().manual_seed(seed))]
-    run = lambda fn: fn(prior, batch, cond=cond, generator=torch.Generator().manual_seed(seed))  # noqa: E731
+    weights_s, weights = _timed(lambda: PriorWeights(prior))
+    run = lambda fn, **kw: fn(prior, batch, cond=cond, generator=torch.Generator().manual_seed(seed), **kw)  # noqa: E731
     run(sample_cached)  # warm-up
     if compiled:  # the first call compiles (minutes on 2 cores): timed apart
-        compile_s, _ = _timed(lambda: run(sample_compiled))
+        compile_s, _ = _timed(lambda: run(sample_compiled, weights=weights))
     # cached, compiled and the forward pass interleaved, so a slow spell of the machine hits all three
     times: dict[str, list[float]] = {"cached": [], "compiled": [], "forward": []}
     for _ in range(FFHQ256_REPEATS):
-        t, codes = _timed(lambda: run(sample_cached))
+        t, codes = _timed(lambda: run(sample_cached, weights=weights))
         times["cached"].append(t)
         if compiled:
-            t, compiled_codes = _timed(lambda: run(sample_compiled))
+            t, compiled_codes = _timed(lambda: run(sample_compiled, weights=weights))
             times["compiled"].append(t)
         times["forward"].append(_timed(lambda: prior(codes, cond))[0])
     cached_s, forward_s = statistics.median(times["cached"]), statistics.median(times["forward"])
@@ -155,7 +160,7 @@ def bench_ffhq256(batch: int, channels: int, size: int, n_units: int, ref_positi
     out = dict(speedup=reference_s / cached_s, forward_ratio=cached_s / forward_s, cached_seconds=cached_s,
                reference_seconds=reference_s, forward_seconds=forward_s, extrapolated=timed < positions,
                positions_timed=timed, positions=positions, batch=batch, timing=f"median of {FFHQ256_REPEATS} runs each",
-               seconds_each=times, n_parameters=sum(p.numel() for p in prior.parameters()),
+               seconds_each=times, weights_seconds=weights_s, n_parameters=sum(p.numel() for p in prior.parameters()),
                prior=dataclasses.asdict(cfg), note="bottom prior without attention, as in the VQ-VAE-2 paper")
     if compiled:
         compiled_s = statistics.median(times["compiled"])

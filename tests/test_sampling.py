@@ -57,23 +57,24 @@ def test_compiled_equals_reference_over_a_hierarchy(monkeypatch, threads):
     per CPU thread (on 2 threads: 4 samples in two shards of 2)."""
     from collections import Counter
 
-    import vqvae2.sampling as sampling
-    monkeypatch.setattr(sampling, "COMPILE_CHUNK", 8)
-    monkeypatch.setattr(sampling, "COMPILE_UNIT_STEPS", 16)
+    from vqvae2.sampling import rows, samplers, threads as sampler_threads
+    monkeypatch.setattr(rows, "COMPILE_CHUNK", 8)
+    monkeypatch.setattr(rows, "COMPILE_UNIT_STEPS", 16)
     shard_sizes, rows_reported, widths = [], [], []
-    row_loop = sampling._sample_rows_compiled
-    compiled_fns = sampling._compiled_fns
+    real_shards, real_chunks = sampler_threads.shards, rows.row_chunks
 
-    def recording_fns():  # the columns each compiled call samples (u is the 10th argument of both)
-        return tuple((lambda *a, fn=fn: (widths.append(a[9].shape[1]), fn(*a))[1]) for fn in compiled_fns())
+    def recording_shards(device, n):
+        parts = real_shards(device, n)
+        shard_sizes.extend(hi - lo for lo, hi in parts)
+        return parts
 
-    monkeypatch.setattr(sampling, "_compiled_fns", recording_fns)
+    def recording_chunks(width, chunk):  # the columns each compiled call samples, per row
+        chunks = real_chunks(width, chunk)
+        widths.extend(c1 - c0 for c0, c1 in chunks)
+        return chunks
 
-    def spy(prior, m, cond_feat, labels, u, *rest):
-        shard_sizes.append(len(u))
-        return row_loop(prior, m, cond_feat, labels, u, *rest)
-
-    monkeypatch.setattr(sampling, "_sample_rows_compiled", spy)
+    monkeypatch.setattr(sampler_threads, "shards", recording_shards)
+    monkeypatch.setattr(rows, "row_chunks", recording_chunks)
     levels = priors()
     n = 5 if threads == 1 else 4
     labels = torch.tensor([0, 1, 2, 1, 0])[:n]
@@ -82,7 +83,7 @@ def test_compiled_equals_reference_over_a_hierarchy(monkeypatch, threads):
     ref, compiled = run("reference"), run("compiled")
     assert shard_sizes == ([5, 5] if threads == 1 else [2, 2, 2, 2])
     per_level = len(shard_sizes) // 2  # shards of each level
-    assert Counter(widths) == {3: 2 * per_level, 4: 4 * per_level, 2: 4 * per_level}
+    assert Counter(widths) == {3: per_level, 4: per_level, 2: per_level}  # per row: top 3, bottom 4 + 2
     for a, b in zip(ref, compiled):
         assert torch.equal(a, b)
     # progress: every row of every level counted once for the whole batch (one shard reports the rows)
@@ -93,7 +94,7 @@ def test_compiled_equals_reference_over_a_hierarchy(monkeypatch, threads):
     assert all(p.training for p in levels)
     # its per-step logits (a graph of their own) are those of a teacher-forced forward
     top, bottom = levels
-    codes, logits = sampling.sample_compiled(bottom, n, cond=[compiled[0]], labels=labels, temperature=0.6,
+    codes, logits = samplers.sample_compiled(bottom, n, cond=[compiled[0]], labels=labels, temperature=0.6,
                                              top_k=3, generator=torch.Generator().manual_seed(4), return_logits=True)
     with torch.no_grad():
         forced = bottom.eval()(codes, [compiled[0]], labels)
@@ -113,38 +114,62 @@ def test_samplers_run_in_eval_mode_also_when_only_a_submodule_is_training():
 
 
 def test_compiled_sampler_shards_the_batch_one_per_thread(monkeypatch):
-    import vqvae2.sampling as sampling
+    from vqvae2.sampling.threads import shards
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     cpu = torch.device("cpu")
-    assert sampling._shards(cpu, 5) == [(0, 2), (2, 5)]
-    assert sampling._shards(cpu, 3) == [(0, 3)]  # fewer than two samples per thread
-    assert sampling._shards(cpu, 256) == [(0, 128), (128, 256)]  # wide priors' batches too
-    assert sampling._shards(torch.device("meta"), 256) == [(0, 256)]  # only CPU threads are shared out
+    assert shards(cpu, 5) == [(0, 2), (2, 5)]
+    assert shards(cpu, 3) == [(0, 3)]  # fewer than two samples per thread
+    assert shards(cpu, 256) == [(0, 128), (128, 256)]  # wide priors' batches too
+    assert shards(torch.device("meta"), 256) == [(0, 256)]  # only CPU threads are shared out
     monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
-    assert sampling._shards(cpu, 10) == [(0, 2), (2, 5), (5, 8), (8, 10)]
+    assert shards(cpu, 10) == [(0, 2), (2, 5), (5, 8), (8, 10)]
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
-    assert sampling._shards(cpu, 16) == [(0, 16)]
+    assert shards(cpu, 16) == [(0, 16)]
+
+
+def test_sharded_sampling_leaves_no_thread_and_no_compiler_setting_behind():
+    """The shards' pool is shut down when the call returns, and the recompile limit is raised only inside it."""
+    import threading
+
+    import torch._dynamo
+
+    from vqvae2.sampling import sample_compiled
+    from vqvae2.sampling.threads import run_sharded
+    limit = torch._dynamo.config.recompile_limit
+    seen = run_sharded(lambda lo, hi, first: (hi - lo, first, torch.get_num_threads(), torch.is_grad_enabled()),
+                       [(0, 2), (2, 5)])
+    assert seen == [(2, True, 1, False), (3, False, 1, False)]
+    top = priors()[0]
+    sample_compiled(top, 4, labels=torch.tensor([0, 1, 2, 0]), generator=torch.Generator().manual_seed(1))
+    assert not [t for t in threading.enumerate() if t.name.startswith("vqvae2-sampler")]
+    assert torch._dynamo.config.recompile_limit == limit
 
 
 def test_compiled_sampler_unrolls_fewer_positions_of_deep_priors():
     """Positions per compiled call: COMPILE_CHUNK for shallow priors, fewer when positions x units would pass
     COMPILE_UNIT_STEPS (compile time grows with the unrolled graph), never fewer than one."""
-    from vqvae2.sampling import COMPILE_CHUNK, COMPILE_UNIT_STEPS, _compile_chunk
+    from vqvae2.sampling import COMPILE_CHUNK, COMPILE_UNIT_STEPS, compile_chunk
+    from vqvae2.sampling.rows import row_chunks
     assert (COMPILE_CHUNK, COMPILE_UNIT_STEPS) == (8, 64)
-    assert _compile_chunk(4) == 8  # fashion32's priors: rows of 4 and 8 in one call each
-    assert _compile_chunk(8) == 8
-    assert _compile_chunk(16) == 4  # ffhq256's bottom prior
-    assert _compile_chunk(24) == 2
-    assert _compile_chunk(100) == 1
-    assert _compile_chunk(0) == 8
+    assert compile_chunk(4) == 8  # fashion32's priors: rows of 4 and 8 in one call each
+    assert compile_chunk(8) == 8
+    assert compile_chunk(16) == 4  # ffhq256's bottom prior
+    assert compile_chunk(24) == 2
+    assert compile_chunk(100) == 1
+    assert compile_chunk(0) == 8
+    assert row_chunks(6, 4) == [(0, 4), (4, 6)] and row_chunks(8, 8) == [(0, 8)]
 
 
 def test_samplers_follow_weight_updates():
-    """The samplers keep their weight matrices between calls; an optimizer step must not leave them stale."""
+    """The incremental samplers read the weights as they are at the call: an optimizer step or a parameter
+    assigned anew is seen. PriorWeights of a prior with another configuration are refused."""
+    from vqvae2.sampling import PriorWeights
     top, untouched = priors()[0], priors()[0]
     labels = torch.tensor([0, 1, 2])
     run = lambda fn, prior=top: fn(prior, 3, labels=labels, generator=torch.Generator().manual_seed(2))  # noqa: E731
     assert torch.equal(run(sample_cached), run(sample_reference))
+    before = PriorWeights(top)
+    first = run(sample_cached, untouched)
     opt = torch.optim.SGD(top.parameters(), lr=5.0)
     loss = top(run(sample_cached), labels=labels).logsumexp(1).mean()
     loss.backward()
@@ -152,6 +177,8 @@ def test_samplers_follow_weight_updates():
     after = run(sample_cached)
     assert torch.equal(after, run(sample_reference))
     assert not torch.equal(after, run(sample_reference, untouched))  # the step changed the samples
+    with pytest.raises(ValueError, match="another configuration"):
+        sample_cached(priors()[1], 3, cond=[first], labels=labels, weights=before)
     with torch.no_grad():  # a parameter assigned anew (not updated in place) is seen too
         top.head.weight = torch.nn.Parameter(torch.randn(top.head.weight.shape, generator=torch.Generator().manual_seed(9)))
     assigned = run(sample_cached)
@@ -162,11 +189,12 @@ def test_samplers_follow_weight_updates():
 def test_cached_equals_reference_on_the_threaded_and_the_single_thread_path(monkeypatch, threshold):
     """Large priors sample with torch's threads and their v stream's convolutions as convolutions, small ones
     on one thread with window matmuls: both give the reference's codes."""
-    import vqvae2.sampling as sampling
-    monkeypatch.setattr(sampling, "_THREADED_ROW_VALUES", threshold)
+    from vqvae2.sampling import rows, threads
+    monkeypatch.setattr(threads, "THREADED_ROW_VALUES", threshold)
     as_convolutions = []
-    real_v_row = sampling._v_row
-    monkeypatch.setattr(sampling, "_v_row", lambda *a: as_convolutions.append(a[-1] is not None) or real_v_row(*a))
+    real_v_row = rows.v_row
+    monkeypatch.setattr(rows, "v_row", lambda *a, v_convs: as_convolutions.append(v_convs is not None) or
+                        real_v_row(*a, v_convs=v_convs))
     torch.set_num_threads(2)
     seen = []
     real = torch.set_num_threads
