@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipelines.artifacts import RunDir, read_json, write_json  # noqa: E402
 from pipelines.cli import init_processes, load_run_config  # noqa: E402
-from pipelines.run import stage_classifier, stage_codes, stage_eval, stage_prior, stage_vqvae  # noqa: E402
+from pipelines.run import run_stage  # noqa: E402
 
 VARIANTS = {
     "a_one_level_codebook_loss": ("fashion32-vqvae1", []),
@@ -54,15 +54,15 @@ def run_variant(name: str, preset: str, extra: list[str], root: Path, n_samples:
                  "eval.acceptance_rates=[1.0]", "eval.n_real=0", "eval.seed=0", "eval.feature_extractor='domain'",
                  "sample.batch_size=500", *extra]
     cfg = load_run_config(run, preset, overrides)
-    seconds = {"vqvae": timed(stage_vqvae, cfg, run)}
-    stage_codes(cfg, run)
+    seconds = {"vqvae": timed(run_stage, cfg, run, "vqvae")}
+    run_stage(cfg, run, "codes")
     for level in cfg.vqvae.levels:
-        seconds[f"prior_{level}"] = timed(stage_prior, cfg, run, level)
+        seconds[f"prior_{level}"] = timed(run_stage, cfg, run, f"prior-{level}")
     if classifier is None:
-        stage_classifier(cfg, run)
+        run_stage(cfg, run, "classifier")
     else:
         shutil.copytree(classifier, run.classifier)
-    seconds["eval"] = timed(stage_eval, cfg, run)
+    seconds["eval"] = timed(run_stage, cfg, run, "eval")
 
     vq = read_json(run.vqvae / "metrics.json")
     codes_meta = read_json(run.codes / "codes.json")

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipelines.artifacts import RunDir, read_json, write_json  # noqa: E402
 from pipelines.cli import init_processes, load_run_config  # noqa: E402
 from pipelines.data import build_datasets  # noqa: E402
-from pipelines.run import stage_classifier, stage_codes, stage_eval, stage_prior, stage_sample, stage_vqvae  # noqa: E402
+from pipelines.run import run_stage  # noqa: E402
 
 TARGETS = {"codes_used_fraction_min": 0.9, "recon_psnr_min": 26.0, "nll_gap_bits_min": 1.0, "total_seconds_max": 5400}
 
@@ -62,13 +62,13 @@ def run_pipeline(cfg, run: RunDir, seconds: dict[str, float] | None = None,
         print(f"=== {name}: {seconds[name]:.0f} s", flush=True)
 
     timed("data", build_datasets, cfg.data)  # renders the faces into the (fresh) cache
-    timed("vqvae", stage_vqvae, cfg, run)
-    timed("codes", stage_codes, cfg, run)
+    timed("vqvae", run_stage, cfg, run, "vqvae")
+    timed("codes", run_stage, cfg, run, "codes")
     for level in cfg.vqvae.levels:
-        timed(f"prior_{level}", stage_prior, cfg, run, level)
-    timed("samples", stage_sample, cfg, run)
-    timed("classifier", stage_classifier, cfg, run)
-    timed("eval", stage_eval, cfg, run)
+        timed(f"prior_{level}", run_stage, cfg, run, f"prior-{level}")
+    timed("samples", run_stage, cfg, run, "samples")
+    timed("classifier", run_stage, cfg, run, "classifier")
+    timed("eval", run_stage, cfg, run, "eval")
     return seconds
 
 

@@ -59,7 +59,7 @@ def main() -> None:
     from pipelines.cli import load_run_config
     from pipelines.stage1 import stage_hash
     load_run_config(run, "fashion32", overrides + [f"train_vqvae.steps={args.steps}"])  # RUN/config.json
-    if args.reuse and run.stage_hash(run.vqvae) == stage_hash(cfg):
+    if args.reuse and run.recorded_hash(run.vqvae / "metrics.json") == stage_hash(cfg):
         m = json.loads((run.vqvae / "metrics.json").read_text())  # trained by an earlier run of this script
         train_seconds = m.get("train_seconds")
     else:

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import calibrate, describe  # noqa: E402
 from pipelines.artifacts import RunDir, read_json, write_json  # noqa: E402
 from pipelines.cli import load_run_config  # noqa: E402
-from pipelines.run import stage_codes, stage_prior, stage_sample  # noqa: E402
+from pipelines.run import run_stage  # noqa: E402
 
 MARGINS = {"top": 0.5, "bottom": 1.5}  # required gap below the unigram entropy, bits per code
 TARGETS = {"bf16_speedup_min": 2.0}
@@ -77,7 +77,7 @@ def main() -> None:
     overrides = [f"train_prior.steps={args.steps}", f"train_prior.batch_size={args.batch_size}",
                  "train_prior.seed=0", "sample.n=64", "sample.batch_size=64", "sample.seed=0", *args.overrides]
     cfg = load_run_config(run, None, overrides)
-    stage_codes(cfg, run)
+    run_stage(cfg, run, "codes")
     meta = read_json(run.codes / "codes.json")
     result = {"preset": "fashion32", "steps": args.steps, "batch_size": args.batch_size,
               "nll_bits": {}, "unigram_bits": {}, "accuracy": {}, "codes_per_second": {}, "train_seconds": {},
@@ -85,7 +85,7 @@ def main() -> None:
     for level in ([] if args.speed_only else meta["levels"]):
         shutil.rmtree(run.prior(level), ignore_errors=True)
         t0 = time.perf_counter()
-        stage_prior(cfg, run, level)
+        run_stage(cfg, run, f"prior-{level}")
         seconds = time.perf_counter() - t0
         m = read_json(run.prior(level) / "metrics.json")
         train_codes = np.load(run.codes / "train" / f"{level}.npy", mmap_mode="r")
@@ -121,7 +121,7 @@ def main() -> None:
         write_json(args.out, result)
         print(json.dumps(result, indent=2))
         return
-    stage_sample(cfg, run)
+    run_stage(cfg, run, "samples")
     if args.grid:
         args.grid.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(run.samples / "grid.png", args.grid)

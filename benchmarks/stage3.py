@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipelines.artifacts import RunDir, read_json, write_json  # noqa: E402
 from pipelines.cli import init_processes, load_run_config  # noqa: E402
-from pipelines.run import stage_classifier, stage_eval  # noqa: E402
+from pipelines.run import run_stage  # noqa: E402
 
 
 def main() -> None:
@@ -43,10 +43,10 @@ def main() -> None:
     cfg = load_run_config(run, None, [f"eval.n_samples={args.n_samples}", "eval.n_real=0", "eval.seed=0",
                                       "eval.feature_extractor='domain'", *args.overrides])
     t0 = time.perf_counter()
-    stage_classifier(cfg, run)
+    run_stage(cfg, run, "classifier")
     classifier_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
-    stage_eval(cfg, run)
+    run_stage(cfg, run, "eval")
     eval_seconds = time.perf_counter() - t0
     report = read_json(run.eval / "report.json")
     clf = read_json(run.classifier / "metrics.json")

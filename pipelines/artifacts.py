@@ -279,12 +279,11 @@ class RunDir:
         another process writes this run."""
         return RunLock(self.root, command)
 
-    def stage_hash(self, stage_dir: Path) -> str | None:
-        """The config hash recorded by a finished stage, or None when it has not finished."""
-        path = stage_dir / "metrics.json"
-        if not path.is_file():
+    def recorded_hash(self, summary: Path) -> str | None:
+        """The config hash a finished stage recorded in its summary file, or None when it has not finished."""
+        if not summary.is_file():
             return None
         try:
-            return json.loads(path.read_text()).get("config_hash")
+            return json.loads(summary.read_text()).get("config_hash")
         except (ValueError, AttributeError):  # not JSON, not text, or not an object: not finished
             return None

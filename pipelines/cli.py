@@ -300,26 +300,23 @@ def _write(args, run: RunDir, overrides: list[str]) -> int:
     return code
 
 
+# the commands that make one stage (pipelines/stages.py)
+STAGE_COMMANDS = ("train-vqvae", "extract-codes", "train-prior", "sample", "train-classifier", "evaluate")
+
+
 def _run_command(args, run: RunDir, cfg: PipelineConfig) -> int:
     from . import run as pipeline
-
+    from .stages import pipeline_stages
 
     if args.command == "run":
         pipeline.run_all(cfg, run, force=args.force, until=args.until)
-    elif args.command == "train-vqvae":
-        pipeline.stage_vqvae(cfg, run, force=args.force)
-    elif args.command == "extract-codes":
-        pipeline.stage_codes(cfg, run)
-    elif args.command == "train-prior":
-        if args.level not in cfg.vqvae.levels:
+    elif args.command in STAGE_COMMANDS:
+        if args.command == "train-prior" and args.level not in cfg.vqvae.levels:
             raise ValueError(f"--level {args.level!r}: the VQ-VAE's levels are {cfg.vqvae.levels}")
-        pipeline.stage_prior(cfg, run, args.level, force=args.force)
-    elif args.command == "sample":
-        pipeline.stage_sample(cfg, run, png_dir=args.png_dir)
-    elif args.command == "train-classifier":
-        pipeline.stage_classifier(cfg, run, force=args.force)
-    elif args.command == "evaluate":
-        pipeline.stage_eval(cfg, run)
+        verb = f"train-prior --level {args.level}" if args.command == "train-prior" else args.command
+        stage = next(s for s in pipeline_stages(cfg, evaluation=True) if s.command == verb)
+        options = {"png_dir": args.png_dir} if args.command == "sample" else {}
+        pipeline.make_stage(cfg, run, stage, getattr(args, "force", False) or stage.redone_by_command, **options)
     elif args.command == "vary":
         from .vary import vary
         temperature = cfg.sample.temperature if args.temperature is None else args.temperature

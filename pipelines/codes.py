@@ -28,7 +28,7 @@ def vqvae_weights_hash(run: RunDir) -> str:
 
 
 def stage_hash(run: RunDir) -> str:
-    return hash_config({"vqvae": run.stage_hash(run.vqvae), "weights": vqvae_weights_hash(run)})
+    return hash_config({"vqvae": run.recorded_hash(run.vqvae / "metrics.json"), "weights": vqvae_weights_hash(run)})
 
 
 def _open_memmap(path: Path, shape: tuple[int, ...]) -> tuple[np.memmap, str]:

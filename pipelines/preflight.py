@@ -12,18 +12,11 @@ from pathlib import Path
 import torch
 
 from .config import PipelineConfig
-
-STAGES = ["vqvae", "codes", "priors", "samples", "classifier", "eval"]
+from .stages import groups_until
 
 
 class PreflightError(ValueError):
     """The configuration cannot run to its end; the message says what to change."""
-
-
-def stages_to_run(until: str | None) -> list[str]:
-    if until is not None and until not in STAGES:
-        raise ValueError(f"--until {until!r}: choose one of {STAGES}")
-    return STAGES if until is None else STAGES[: STAGES.index(until) + 1]
 
 
 def data_num_classes(cfg: PipelineConfig) -> int:
@@ -104,8 +97,8 @@ def _check_evaluation(cfg: PipelineConfig, stages: list[str], n_classes: int) ->
 
 def preflight(cfg: PipelineConfig, until: str | None = None) -> dict:
     """Raises PreflightError (or FileNotFoundError naming a missing path) when a stage of `vqvae2 run`
-    would fail for its data or configuration; returns what it found (classes, stages)."""
-    stages = stages_to_run(until)
+    would fail for its data or configuration; returns what it found (classes, the stage groups to run)."""
+    stages = groups_until(until)
     _check_data(cfg)
     n_classes = data_num_classes(cfg)
     _check_precision(cfg, stages)
@@ -113,4 +106,4 @@ def preflight(cfg: PipelineConfig, until: str | None = None) -> dict:
         raise PreflightError(f"sample.class_label={cfg.sample.class_label}, but data {cfg.data.name!r} has no "
                              f"class labels: the priors will be unconditional; leave sample.class_label at -1")
     _check_evaluation(cfg, stages, n_classes)
-    return {"stages": stages, "num_classes": n_classes}
+    return {"groups": stages, "num_classes": n_classes}

@@ -11,11 +11,11 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from .artifacts import RunDir, damaged_output, describe_holder, find_training_state, lock_holder, read_json
-from .config import PipelineConfig, config_from_dict, format_temperature
+from .config import PipelineConfig, config_from_dict
 from .curves import read_records
+from .stages import Stage, pipeline_stages
 
 DONE, IN_PROGRESS, NOT_STARTED, STALE, DAMAGED = "done", "in progress", "not started", "stale", "damaged"
 # what a damaged or hand-edited file raises while it is read or described
@@ -41,14 +41,6 @@ def _read(path: Path) -> dict | None:
         return None
 
 
-def _expected(stage_hash: Callable[[], str]) -> str | None:
-    """The stage hash of the current config, or None when an earlier stage's outputs are missing or changed."""
-    try:
-        return stage_hash()
-    except (FileNotFoundError, ValueError):
-        return None
-
-
 def _saved(state_dir: Path) -> tuple[dict, float] | None:
     """progress.json of a training state and its modification time (the time of the last save)."""
     for _ in range(3):  # a save may swap state/ and state.old/ while we look
@@ -68,30 +60,28 @@ def _clock(t: float) -> str:
 
 # one stage
 
-def _finished(name: str, summary: dict | None, expected: str | None, command: str,
-              describe: Callable[[dict], tuple[str, dict]], stage_dir: Path) -> StageStatus | None:
+def _finished(stage: Stage, cfg: PipelineConfig, run: RunDir, expected: str | None) -> StageStatus | None:
     """DONE, DAMAGED (weights or arrays unreadable) or STALE when the stage's summary exists, else None."""
+    summary = _read(stage.directory(run) / stage.summary)
     if summary is None:
         return None
+    command = stage.command_line(run)
     if expected is not None and summary.get("config_hash") == expected:
-        found = damaged_output(stage_dir)
+        found = damaged_output(stage.directory(run))
         if found is not None:
-            return StageStatus(name, DAMAGED, f"{found[0]} is damaged ({found[1]}); `vqvae2 run` redoes the stage",
-                               command)
-        detail, metrics = describe(summary)
-        return StageStatus(name, DONE, detail, command, metrics)
-    return StageStatus(name, STALE, "finished for another configuration, or on outputs of an earlier stage that "
-                       "changed since", command)
+            return StageStatus(stage.name, DAMAGED, f"{found[0]} is damaged ({found[1]}); `vqvae2 run` redoes the "
+                               "stage", command)
+        detail, metrics = stage.describe(cfg, run, summary)
+        return StageStatus(stage.name, DONE, detail, command, metrics)
+    return StageStatus(stage.name, STALE, "finished for another configuration, or on outputs of an earlier stage "
+                       "that changed since", command)
 
 
-def _training(name: str, dirs: dict[str, Path], expected: str | None, steps: int, command: str,
-              describe: Callable[[dict], tuple[str, dict]]) -> StageStatus:
-    """A training stage. Its summary is metrics.json in the first of `dirs`; each of them may hold a state
-    and a metrics.jsonl (the classifier stage trains two networks, one after the other)."""
-    first, last = list(dirs.values())[0], list(dirs.values())[-1]
-    done = _finished(name, _read(first / "metrics.json"), expected, command, describe, first)
-    if done is not None:
-        return done
+def _training(stage: Stage, cfg: PipelineConfig, run: RunDir, expected: str | None) -> StageStatus:
+    """A training stage: each of its networks may hold a state and a metrics.jsonl (the classifier stage
+    trains two, one after the other)."""
+    dirs, steps, command = stage.networks(cfg, run), stage.steps(cfg), stage.command_line(run)
+    last = list(dirs.values())[-1]
     for role, d in dirs.items():
         saved = _saved(d / "state")
         logged = [r for r in read_records(d / "metrics.jsonl") if r.get("split", "train") == "train"]
@@ -100,15 +90,15 @@ def _training(name: str, dirs: dict[str, Path], expected: str | None, steps: int
         if saved is not None and saved[0].get("step", 0) >= steps and d != last:
             continue  # this network is trained; the next one is under way (or about to start)
         if saved is not None and saved[0].get("config_hash") != expected:
-            return StageStatus(name, STALE, f"{d.relative_to(first.parent)}/state was saved for another "
+            return StageStatus(stage.name, STALE, f"{d.relative_to(run.root)}/state was saved for another "
                                "configuration", f"{command} --force")
         progress = {"step": saved[0]["step"] if saved else 0, "steps": steps,
                     "saved_at": _clock(saved[1]) if saved else None,
                     "last_logged_step": logged[-1]["step"] if logged else None,
                     "last_loss": logged[-1].get("loss") if logged else None}
         prefix = f"{role}: " if len(dirs) > 1 else ""
-        return StageStatus(name, IN_PROGRESS, prefix + _progress_detail(progress), command, progress)
-    return StageStatus(name, NOT_STARTED, "", command)
+        return StageStatus(stage.name, IN_PROGRESS, prefix + _progress_detail(progress), command, progress)
+    return StageStatus(stage.name, NOT_STARTED, "", command)
 
 
 def _progress_detail(p: dict) -> str:
@@ -118,91 +108,48 @@ def _progress_detail(p: dict) -> str:
     return out + (f", last save at step {p['step']} ({p['saved_at']})" if p["saved_at"] else ", no save yet")
 
 
-def _chunked(name: str, summary: dict | None, expected: str | None, store: Path, command: str,
-             describe: Callable[[dict], tuple[str, dict]]) -> StageStatus:
+def _chunked(stage: Stage, run: RunDir) -> StageStatus:
     """A stage that writes chunks to a store (sampling, evaluation's candidates) before its summary."""
-    done = _finished(name, summary, expected, command, describe, store.parent)
-    if done is not None:
-        return done
+    store = stage.directory(run) / stage.store
     key = _read(store / "store.json")
     if key is None:
-        return StageStatus(name, NOT_STARTED, "", command)
+        return StageStatus(stage.name, NOT_STARTED, "", stage.command_line(run))
     total = -(-key["n"] // key["chunk_size"])
     made = len(list(store.glob("chunk-*.npz")))
-    return StageStatus(name, IN_PROGRESS, f"{made} of {total} chunks of {key['n']} samples", command,
-                       {"chunks": made, "of": total})
+    return StageStatus(stage.name, IN_PROGRESS, f"{made} of {total} chunks of {key['n']} samples",
+                       stage.command_line(run), {"chunks": made, "of": total})
 
 
-# the stages of a run
-
-def _vqvae(cfg: PipelineConfig, run: RunDir, root: str) -> StageStatus:
-    from .stage1 import stage_hash
-
-    def describe(m):
-        used = "/".join(str(c) for c in m["codes_used"])
-        return (f"PSNR {m['psnr']:.2f} dB, codes used {used} of {cfg.vqvae.codebook_size}",
-                {"psnr": m["psnr"], "codes_used": m["codes_used"]})
-    return _training("vqvae", {"vqvae": run.vqvae}, stage_hash(cfg), cfg.train_vqvae.steps,
-                     f"vqvae2 train-vqvae --run-dir {root}", describe)
+def _once(stage: Stage, run: RunDir) -> StageStatus:
+    """A stage made in one go into a temporary directory renamed into place (codes)."""
+    if any(p.is_dir() for p in run.root.glob(f"{stage.directory(run).name}.tmp*")):
+        return StageStatus(stage.name, IN_PROGRESS, "being made", stage.command_line(run))
+    return StageStatus(stage.name, NOT_STARTED, "", stage.command_line(run))
 
 
-def _codes(cfg: PipelineConfig, run: RunDir, root: str) -> StageStatus:
-    from .codes import stage_hash
-    command = f"vqvae2 extract-codes --run-dir {root}"
-    done = _finished("codes", _read(run.codes / "codes.json"), _expected(lambda: stage_hash(run)), command,
-                     lambda m: (f"{m['n']['train']} train, {m['n']['val']} val items", {"n": m["n"]}), run.codes)
-    if done is not None:
-        return done
-    if any(p.is_dir() for p in run.root.glob("codes.tmp*")):
-        return StageStatus("codes", IN_PROGRESS, "extracting", command)
-    return StageStatus("codes", NOT_STARTED, "", command)
-
-
-def _prior(cfg: PipelineConfig, run: RunDir, root: str, level: str) -> StageStatus:
-    from .stage2 import stage_hash
-    return _training(f"prior-{level}", {level: run.prior(level)}, _expected(lambda: stage_hash(cfg, run, level)),
-                     cfg.prior_train(level).steps, f"vqvae2 train-prior --run-dir {root} --level {level}",
-                     lambda m: (f"NLL {m['nll_bits']:.3f} bits/code, accuracy {m['accuracy']:.3f}",
-                                {"nll_bits": m["nll_bits"], "accuracy": m["accuracy"]}))
-
-
-def _samples(cfg: PipelineConfig, run: RunDir, root: str) -> StageStatus:
-    from .sample import stage_hash
-    return _chunked("samples", _read(run.samples / "metrics.json"), _expected(lambda: stage_hash(cfg, run)),
-                    run.samples / "chunks", f"vqvae2 sample --run-dir {root}",
-                    lambda m: (f"{m['n']} samples, temperature {format_temperature(m['temperature'])}", {"n": m["n"]}))
-
-
-def _classifier(cfg: PipelineConfig, run: RunDir, root: str) -> StageStatus:
-    from .stage3 import classifier_dirs, classifier_hash
-
-    def describe(m):
-        acc = {role: c["accuracy"] for role, c in m["classifiers"].items()}
-        return "accuracy " + ", ".join(f"{role} {a:.4f}" for role, a in acc.items()), {"accuracy": acc}
-    return _training("classifier", classifier_dirs(cfg, run), classifier_hash(cfg),
-                     cfg.train_classifier.steps, f"vqvae2 train-classifier --run-dir {root}", describe)
-
-
-def _eval(cfg: PipelineConfig, run: RunDir, root: str) -> StageStatus:
-    from .evaluate import eval_hash
-
-    def describe(m):
-        report = _read(run.eval / "report.json") or {"rows": []}
-        fd = {f"{r['acceptance_rate']:g}": r["fd"] for r in report["rows"]}
-        label = m.get("fd_label", "FD")
-        return f"{label} " + ", ".join(f"{v:.3f} at {rate}" for rate, v in fd.items()), {"fd_label": label, "fd": fd}
-    return _chunked("eval", _read(run.eval / "metrics.json"), _expected(lambda: eval_hash(cfg, run)),
-                    run.eval / "candidates", f"vqvae2 evaluate --run-dir {root}", describe)
-
-
-def _guarded(name: str, read: Callable, command: str, cfg: PipelineConfig, run: RunDir, root: str) -> StageStatus:
-    """A stage's status; a file of it that cannot be read or holds malformed fields makes it DAMAGED,
+def stage_status(stage: Stage, cfg: PipelineConfig, run: RunDir) -> StageStatus:
+    """Where `stage` stands; a file of it that cannot be read or holds malformed fields makes it DAMAGED,
     never an error: status reports the damage."""
     try:
-        return read(cfg, run, root)
+        expected = stage.expected_hash(cfg, run)
+        done = _finished(stage, cfg, run, expected)
+        if done is not None:
+            return done
+        if stage.progress == "training":
+            return _training(stage, cfg, run, expected)
+        return _chunked(stage, run) if stage.progress == "chunks" else _once(stage, run)
     except READ_FAILURES as e:
-        return StageStatus(name, DAMAGED, f"a file of this stage is damaged ({type(e).__name__}: {e}); redo it",
-                           command)
+        return StageStatus(stage.name, DAMAGED, f"a file of this stage is damaged ({type(e).__name__}: {e}); redo "
+                           "it", stage.command_line(run) + (" --force" if stage.restart else ""))
+
+
+def labelled_data(cfg: PipelineConfig) -> bool | None:
+    """Whether the configured data has class labels, or None when that cannot be told now (data missing)."""
+    from .preflight import data_num_classes
+    try:
+        return data_num_classes(cfg) >= 2
+    except (OSError, ValueError):
+        return None
 
 
 def run_status(run: RunDir) -> dict:
@@ -218,14 +165,7 @@ def run_status(run: RunDir) -> dict:
         return {"run_dir": root, "config": str(run.config), "stages": [], "writer": writer, "damaged": str(e),
                 "next": f"vqvae2 run --preset PRESET --run-dir {root}   (after mending or removing {run.config})",
                 "next_stage": None}
-    at = f"--run-dir {root}"
-    readers = [("vqvae", _vqvae, f"vqvae2 train-vqvae {at} --force"), ("codes", _codes, f"vqvae2 extract-codes {at}"),
-               *((f"prior-{lv}", lambda c, r, x, lv=lv: _prior(c, r, x, lv), f"vqvae2 train-prior {at} --level {lv} --force")
-                 for lv in cfg.vqvae.levels), ("samples", _samples, f"vqvae2 sample {at}")]
-    if cfg.eval.enabled:
-        readers += [("classifier", _classifier, f"vqvae2 train-classifier {at} --force"),
-                    ("eval", _eval, f"vqvae2 evaluate {at}")]
-    stages = [_guarded(name, read, command, cfg, run, root) for name, read, command in readers]
+    stages = [stage_status(stage, cfg, run) for stage in pipeline_stages(cfg, labelled_data(cfg))]
     todo = next((s for s in stages if s.state != DONE), None)
     return {"run_dir": root, "config": str(run.config), "stages": [asdict(s) for s in stages], "writer": writer,
             "next": todo.command if todo else None, "next_stage": todo.stage if todo else None}
