@@ -6,10 +6,7 @@ import torch
 from PIL import Image
 from torchvision.utils import make_grid
 
-
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """Float images in [-1, 1] (N, C, H, W) -> uint8 in [0, 255]."""
-    return ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+from vqvae2.pipeline import to_uint8  # noqa: F401 (one conversion for the pipeline and the stages)
 
 
 def grid_image(images_uint8: torch.Tensor, nrow: int = 8, min_side: int = 64) -> Image.Image:

@@ -17,12 +17,12 @@ from accelerate import PartialState
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
-from vqvae2.sampling import sample_hierarchy
+from vqvae2.pipeline import Pipeline, batch_generator, class_labels
 from vqvae2.vqvae import VQVAE2
 
 from .artifacts import RunDir, hash_config, save_png, write_json
 from .config import PipelineConfig
-from .images import grid_image, to_uint8
+from .images import grid_image
 from .sample_store import SampleStore
 from .stage2 import load_priors, stage_hash as prior_hash
 
@@ -41,23 +41,19 @@ def sample_labels(n: int, num_classes: int, class_label: int, conditional: bool)
         return None
     if class_label >= num_classes:
         raise ValueError(f"--class {class_label} is outside the model's classes [0, {num_classes - 1}]")
-    if class_label >= 0:
-        return torch.full((n,), class_label, dtype=torch.long)
-    return torch.arange(n, dtype=torch.long) % num_classes
+    return class_labels(n, num_classes, class_label)
 
 
 @torch.no_grad()
 def sample_batch(vqvae: VQVAE2, priors, b: int, lo: int, hi: int, labels: torch.Tensor | None, seed: int,
                  temperature: float | list[float] = 1.0, top_k: int = 0, sampler: str = "cached"
                  ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Samples [lo, hi) of a run of batches: uint8 images (B, C, H, W) on CPU and codes per level."""
-    device = next(vqvae.parameters()).device
-    g = torch.Generator().manual_seed(seed * 1_000_003 + b)
-    lab = None if labels is None else labels[lo:hi].to(device)
-    codes = sample_hierarchy(priors, hi - lo, labels=lab, temperature=temperature, top_k=top_k or None,
-                             generator=g, sampler=sampler)
-    images = to_uint8(vqvae.decode_codes([c.to(device) for c in codes]))
-    return images, [c.cpu() for c in codes]
+    """Samples [lo, hi) of a run of batches: uint8 images (B, C, H, W) on CPU and codes per level: batch b of
+    `pipe(n, seed=seed, batch_size=hi - lo)` (vqvae2.Pipeline, the same code)."""
+    out = Pipeline(vqvae, priors)(hi - lo, labels=None if labels is None else labels[lo:hi], temperature=temperature,
+                                  top_k=top_k, generator=batch_generator(seed, b), batch_size=hi - lo, sampler=sampler,
+                                  output="uint8")
+    return out.images, out.codes
 
 
 @torch.no_grad()

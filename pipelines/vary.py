@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vqvae2.sampling import sample_hierarchy
+from vqvae2.pipeline import Pipeline
 from vqvae2.vqvae import VQVAE2
 
 from .artifacts import RunDir, save_npz, save_png
@@ -68,22 +68,20 @@ def vary(cfg: PipelineConfig, run: RunDir, image_path: Path, keep: str, n: int =
     check_temperature(temperature, "--temperature")
     if class_label is not None and class_label < 0:
         raise ValueError(f"--class must be a class index >= 0, got {class_label}")
-    priors = load_priors(run, levels)
+    pipe = Pipeline(vqvae, load_priors(run, levels))
     image = load_image(image_path, vqvae.config.image_size, vqvae.config.in_channels)
-    label, how = _label(run, image, class_label, priors[0].config.n_classes)
-    codes = vqvae.encode(image)
+    label, how = _label(run, image, class_label, pipe.n_classes)
+    codes = pipe.encode(image)
     kept = levels.index(keep) + 1
-    labels = None if label is None else torch.full((n,), label, dtype=torch.long)
-    varied = sample_hierarchy(priors, n, labels=labels, temperature=temperature, sampler="cached",
-                              generator=torch.Generator().manual_seed(seed),
-                              given=[c.expand(n, -1, -1) for c in codes[:kept]])
-    pictures = to_uint8(torch.cat([image, vqvae.decode_codes(codes), vqvae.decode_codes(varied)]))
+    variations = pipe.vary(image, keep, n, labels=label, temperature=temperature, top_k=0, sampler="cached",
+                           generator=torch.Generator().manual_seed(seed), output="tensor")
+    pictures = to_uint8(torch.cat([image, pipe.decode(codes, output="tensor").images, variations.images]))
     out = out or run.root / "vary" / f"{Path(image_path).stem}-keep-{keep}.png"
     # row 1: the image and its reconstruction; then the variations, as many per row as fit
     ncol = max(2, min(n, 8))
     blank = torch.full_like(pictures[:1], 255).expand(ncol - 2, -1, -1, -1)
     save_png(out, grid_image(torch.cat([pictures[:2], blank, pictures[2:]]), nrow=ncol))
-    arrays = {f"codes_{lv}": c.numpy().astype(np.uint16) for lv, c in zip(levels, varied)}
+    arrays = {f"codes_{lv}": c.numpy().astype(np.uint16) for lv, c in zip(levels, variations.codes)}
     arrays.update({f"image_codes_{lv}": c.numpy().astype(np.uint16) for lv, c in zip(levels, codes)})
     save_npz(Path(out).with_suffix(".npz"), **arrays)
     return {"grid": str(out), "codes": str(Path(out).with_suffix(".npz")), "kept": levels[:kept],

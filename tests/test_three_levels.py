@@ -122,10 +122,10 @@ def test_vary_asks_the_classifier_for_the_class(three_level_run, tmp_path, capsy
 
 def test_vary_and_status_use_the_runs_per_level_temperature(three_level_run, tmp_path, monkeypatch, capsys):
     """Without --temperature, vary draws at the run's sample.temperature (a list here); status shows it."""
-    import pipelines.vary as vary_module
+    import vqvae2.pipeline as pipeline_module  # vary samples through vqvae2.Pipeline
     seen = []
-    real = vary_module.sample_hierarchy
-    monkeypatch.setattr(vary_module, "sample_hierarchy", lambda *a, **kw: (seen.append(kw["temperature"]), real(*a, **kw))[1])
+    real = pipeline_module.sample_hierarchy
+    monkeypatch.setattr(pipeline_module, "sample_hierarchy", lambda *a, **kw: (seen.append(kw["temperature"]), real(*a, **kw))[1])
     image = tmp_path / "face.png"
     Image.fromarray(np.random.default_rng(4).integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(image)
     argv = ["vary", "--run-dir", str(three_level_run.root), "--image", str(image), "--keep", "top", "--n", "2",
