@@ -154,6 +154,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write mu and sigma only (KID and precision/recall then cannot use the file)")
     p.add_argument("--out", type=Path, required=True, help="the .npz to write")
 
+    p = sub.add_parser("export", help="write a finished run as one folder for the Hugging Face Hub (components, model "
+                       "card), loadable by vqvae2.Pipeline.from_pretrained", description="Write a finished run as one "
+                       "folder: model_index.json, a folder per component (VQ-VAE, priors, classifiers; model.json + "
+                       "model.safetensors), samples.png and a README.md model card with the run's measured numbers. "
+                       "Reads the run only. With --push-to-hub the folder is then uploaded (needs a Hub token: "
+                       "`huggingface-cli login` or HF_TOKEN).")
+    p.add_argument("--run-dir", required=True, type=Path, help="the finished run (read only)")
+    p.add_argument("--out", required=True, type=Path, help="the folder to write (new or empty; an earlier export "
+                   "with --force)")
+    p.add_argument("--license", default="unknown", help="the model card's license, a Hub license id such as mit, "
+                   "apache-2.0, cc-by-4.0 (default: unknown)")
+    p.add_argument("--push-to-hub", metavar="REPO", help="upload the folder to this Hub model repository "
+                   "(owner/name), created if missing")
+    p.add_argument("--private", action="store_true", help="with --push-to-hub: create the repository private")
+    p.add_argument("--force", action="store_true", help="replace an earlier export in --out")
+
     p = sub.add_parser("status", help="every stage of a run: done, in progress, not started or stale; the next command")
     p.add_argument("--run-dir", required=True, type=Path, help="the run directory (read only)")
     p.add_argument("--json", action="store_true", help="print the status as JSON")
@@ -222,6 +238,8 @@ def end_processes(orderly: bool) -> None:
 def _dispatch(args, run: RunDir) -> int:
     if args.command == "status":
         return _status(args, run)
+    if args.command == "export":  # reads the run only: no lock, no configuration written
+        return _export(args, run)
     overrides = list(args.overrides)
     if args.command == "fid-stats":
         return _fid_stats(args, run, overrides)
@@ -333,6 +351,19 @@ def _status(args, run: RunDir) -> int:
     if _is_main_process():
         status = run_status(run)
         print(json.dumps(status, indent=2) if args.json else render_status(status), end="\n" if args.json else "")
+    return 0
+
+
+def _export(args, run: RunDir) -> int:
+    from .export import export, push_to_hub
+    if not _is_main_process():
+        return 0
+    cfg = load_run_config(run, None, [], write=False)
+    info = export(cfg, run, args.out, license=args.license, repo_id=args.push_to_hub, force=args.force)
+    print(f"[export] {', '.join(info['components'])} -> {info['out']} (model card: "
+          f"{'measured numbers from eval/report.json' if info['evaluated'] else 'not evaluated'})")
+    if args.push_to_hub:
+        print(f"[export] uploaded to {push_to_hub(args.out, args.push_to_hub, private=args.private)}")
     return 0
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from .runlock import RunDirBusy, RunLock
 
-# commands that do not take the run-directory lock (status only reads; fid-stats and prepare-data write
-# elsewhere, the cache with a lock of its own)
-LOCK_FREE = ("status", "fid-stats", "prepare-data")
+# commands that do not take the run-directory lock (status and export only read; fid-stats and prepare-data
+# write elsewhere, the cache with a lock of its own)
+LOCK_FREE = ("status", "export", "fid-stats", "prepare-data")
 
 
 def _run_dir(argv: list[str]) -> str | None:
