@@ -71,3 +71,10 @@ def test_the_generator_renders_values_and_readme_parts():
     part = ("a <!-- generated: stage1.steps | , -->old<!-- /generated --> "
             "b <!-- generated: source('stage1') --><!-- /generated -->")
     assert f"-->{data['steps']:,}<!--" in generate.render_readme(R, part)
+
+
+def test_every_link_and_picture_of_the_readme_and_docs_exists():
+    for page in [README, *sorted((ROOT / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+            if "://" not in target:
+                assert (page.parent / target).exists(), f"{page.relative_to(ROOT)} links to {target}, which is missing"
