@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from pipelines.allocator import keep_freed_memory  # noqa: E402
 from pipelines.artifacts import RunDir, read_json, write_json  # noqa: E402
 from pipelines.cli import init_processes, load_run_config  # noqa: E402
 from pipelines.data import build_datasets  # noqa: E402
@@ -84,6 +85,7 @@ def vary_grid(cfg, run: RunDir, out: Path) -> dict:
 
 
 def main() -> None:
+    keep_freed_memory()  # as the `vqvae2` command does (pipelines/allocator.py)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--run-dir", type=Path, default=Path("bench-out/faces128"))

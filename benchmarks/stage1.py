@@ -22,6 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import calibrate, describe  # noqa: E402
+from pipelines.allocator import keep_freed_memory  # noqa: E402
 from pipelines.artifacts import RunDir, write_json  # noqa: E402
 from pipelines.config import resolve_config  # noqa: E402
 from pipelines.stage1 import train_vqvae  # noqa: E402
@@ -40,6 +41,7 @@ def timed_throughput(overrides: list[str], steps: int, precision: str, root: Pat
 
 
 def main() -> None:
+    keep_freed_memory()  # as the `vqvae2` command does (pipelines/allocator.py)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--run-dir", type=Path, default=Path("bench-out/fashion32"))

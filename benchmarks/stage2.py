@@ -25,6 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import calibrate, describe  # noqa: E402
+from pipelines.allocator import keep_freed_memory  # noqa: E402
 from pipelines.artifacts import RunDir, read_json, write_json  # noqa: E402
 from pipelines.cli import load_run_config  # noqa: E402
 from pipelines.run import run_stage  # noqa: E402
@@ -56,6 +57,7 @@ def unigram_bits(codes: np.ndarray, k: int) -> float:
 
 
 def main() -> None:
+    keep_freed_memory()  # as the `vqvae2` command does (pipelines/allocator.py)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--run-dir", type=Path, default=Path("bench-out/fashion32"))

@@ -106,7 +106,7 @@ def vqvae_watcher(cfg: PipelineConfig, run: RunDir, val_set, device) -> Watcher:
     return Watcher(run.vqvae, tcfg, validate, lambda model: recon_grid(model, fixed), picture="recon")
 
 
-def train_vqvae(cfg: PipelineConfig, run: RunDir, stop_after: int | None = None) -> dict | None:
+def train_vqvae(cfg: PipelineConfig, run: RunDir) -> dict | None:
     train_set, val_set = build_datasets(cfg.data)
     if train_set.channels != cfg.vqvae.in_channels:
         raise ValueError(f"vqvae.in_channels is {cfg.vqvae.in_channels} but dataset {cfg.data.name!r} has "
@@ -119,9 +119,7 @@ def train_vqvae(cfg: PipelineConfig, run: RunDir, stop_after: int | None = None)
     model.checkpointing = tcfg.activation_checkpointing
     watch = vqvae_watcher(cfg, run, val_set, acc.device)
     result = train(model, train_set, tcfg, run.vqvae, vqvae_loss, {"config_hash": h, "settings": settings.to_dict()},
-                   accelerator=acc, desc="train-vqvae", stop_after=stop_after, watch=watch)
-    if stop_after is not None and result.steps < cfg.train_vqvae.steps:
-        return None
+                   accelerator=acc, desc="train-vqvae", watch=watch)
     if not acc.is_main_process:
         acc.wait_for_everyone()
         return None

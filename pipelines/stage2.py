@@ -109,7 +109,7 @@ def prior_watcher(cfg: PipelineConfig, run: RunDir, level: str, val_set, acc) ->
     return Watcher(run.prior(level), tcfg, validate, draw, picture="samples")
 
 
-def train_prior(cfg: PipelineConfig, run: RunDir, level: str, stop_after: int | None = None) -> dict | None:
+def train_prior(cfg: PipelineConfig, run: RunDir, level: str) -> dict | None:
     meta = read_codes_meta(run)
     pcfg = prior_config(cfg, level, meta)
     train_set, val_set = CodesDataset(run, "train", level), CodesDataset(run, "val", level)
@@ -124,9 +124,7 @@ def train_prior(cfg: PipelineConfig, run: RunDir, level: str, stop_after: int | 
     watch = prior_watcher(cfg, run, level, val_set, acc)
     result = train(model, train_set, tcfg, run.prior(level), prior_loss, {"config_hash": h, "settings": settings.to_dict()},
                    accelerator=acc, items_per_batch=lambda batch: len(batch[0]) * per_item,
-                   desc=f"train-prior {level}", stop_after=stop_after, watch=watch)
-    if stop_after is not None and result.steps < tcfg.steps:
-        return None
+                   desc=f"train-prior {level}", watch=watch)
     if not acc.is_main_process:
         acc.wait_for_everyone()
         return None

@@ -20,7 +20,6 @@ from accelerate import Accelerator, PartialState
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
-from .allocator import keep_freed_memory
 from . import policy
 from .artifacts import find_training_state, load_training_state, read_json, save_training_state, truncate_jsonl
 from .config import TrainConfig
@@ -150,16 +149,13 @@ def train(
     accelerator: Accelerator | None = None,
     items_per_batch: Callable[[tuple], int] | None = None,
     desc: str = "train",
-    stop_after: int | None = None,
     watch: Watcher | None = None,
 ) -> TrainResult:
     """Trains `model` for cfg.steps optimiser steps, resuming from out_dir/state when present.
 
     `progress` is stored with the state (e.g. the stage's config hash); a state whose hash differs
-    is an error, not silently reused. `stop_after` ends the run early without a final save (it
-    stands for a kill in tests). `watch` logs, validates and draws as the run goes (see watch.py)."""
+    is an error, not silently reused. `watch` logs, validates and draws as the run goes (watch.py)."""
     out_dir = Path(out_dir)
-    keep_freed_memory()  # a step re-allocates the same large tensors: keep them paged in (allocator.py)
     if policy.AUTO in (cfg.mixed_precision, cfg.channels_last):  # stages resolve before; direct callers here
         cfg, settings = machine_settings(cfg, out_dir, desc)
         progress = {**progress, "settings": settings.to_dict()}
@@ -170,102 +166,138 @@ def train(
         model = model.to(memory_format=torch.channels_last)
     ema = copy.deepcopy(model).requires_grad_(False) if cfg.ema_decay > 0 else None
     optimizer = make_optimizer(model, cfg)
-    step = 0
-    state_dir = out_dir / "state"
-    found = find_training_state(state_dir)
-    if found is not None:
-        saved = load_training_state(found, model, optimizer, ema)
-        _match_state_layout(optimizer)
-        if saved.get("config_hash") != progress.get("config_hash"):
-            raise TrainingError(
-                f"{found} was saved for a different configuration (hash {saved.get('config_hash')} != "
-                f"{progress.get('config_hash')}); delete {state_dir} or use --force to start again")
-        step = int(saved["step"])
-        truncate_jsonl(out_dir / "metrics.jsonl", step)
-        acc.print(f"[{desc}] resuming from {found} at step {step}")
-    elif acc.is_main_process:
-        truncate_jsonl(out_dir / "metrics.jsonl", 0)
+    step = _resume(out_dir, model, optimizer, ema, progress, acc, desc)
     model, optimizer = acc.prepare(model, optimizer)
-    sampler = StepBatchSampler(len(dataset), cfg.batch_size, cfg.seed, step * cfg.grad_accum,
-                               cfg.steps * cfg.grad_accum, acc.process_index, acc.num_processes)
-    # its own generator: creating the iterator must not draw from the global RNG the state restores
-    workers = loader_workers(dataset, cfg.num_workers)
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, generator=torch.Generator(),
-                        persistent_workers=workers > 0, pin_memory=acc.device.type == "cuda")
-    count = items_per_batch or (lambda batch: len(batch[0]))
+    loop = _Loop(acc, model, optimizer, ema, loss_fn, cfg, out_dir / "state", progress, desc)
     watch.start(acc, desc, progress)
-
-    def save(at: int) -> None:
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            save_training_state(state_dir, acc.unwrap_model(model), optimizer, {**progress, "step": at}, ema)
-        acc.wait_for_everyone()
-
     bar = tqdm(total=cfg.steps, initial=step, desc=desc, disable=not acc.is_local_main_process, dynamic_ncols=True)
-    logs: dict = {}
-    seen, t0, timed_from_step = 0, time.perf_counter(), 0
-    micro = 0
-    model.train()
-    with _StopSignal() as stop:
-        for batch in loader:
-            batch = tuple(_to_device(t, acc.device, cfg.channels_last) for t in batch)
-            with acc.accumulate(model):
-                with acc.autocast():
-                    loss, logs = loss_fn(model, batch)
-                if not torch.isfinite(loss.detach()):
-                    bar.close()
-                    watch.close()
-                    raise TrainingError(
-                        f"[{desc}] loss became {loss.item()} at step {step + 1}; training stopped. The last good "
-                        f"state ({state_dir}) is kept: lower the learning rate or check the data, then re-run.")
-                acc.backward(loss)
-                if acc.sync_gradients and cfg.grad_clip > 0:
-                    acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr_at(cfg, step)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            seen += count(batch) * acc.num_processes
-            micro += 1
-            if micro % cfg.grad_accum:
-                continue
-            step += 1
-            if not timed_from_step:  # throughput counts from the end of the first step: it holds the
-                timed_from_step, seen, t0 = step, 0, time.perf_counter()  # codebook init and kernel set-up
-            if ema is not None:
-                with torch.no_grad():
-                    for pe, p in zip(ema.parameters(), acc.unwrap_model(model).parameters()):
-                        pe.lerp_(p.detach(), 1 - cfg.ema_decay)
-                    for be, b in zip(ema.buffers(), acc.unwrap_model(model).buffers()):
-                        be.copy_(b)
-            bar.update(1)
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                record = {"step": step, "loss": float(loss.detach()), "lr": lr_at(cfg, step - 1),
-                          **{k: float(v) for k, v in logs.items()}}
-                bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k not in ("step", "lr")})
-                watch.log(record)
-            watch.on_step(step, ema if ema is not None else acc.unwrap_model(model))  # validation, pictures when due
-            if stop_after is not None and step >= stop_after:
-                bar.close()
-                return TrainResult(acc.unwrap_model(model), step, 0.0, logs)
-            if stop.received is not None:
-                save(step)
-                bar.close()
-                watch.close()
-                acc.print(f"[{desc}] signal {stop.received} received: state saved at step {step} in {state_dir}")
-                raise KeyboardInterrupt(f"stopped by signal {stop.received} at step {step}; re-run to resume")
-            if step % cfg.save_every == 0 and step < cfg.steps:
-                save(step)
-    bar.close()
-    elapsed = time.perf_counter() - t0
-    save(step)
-    final = ema if ema is not None else acc.unwrap_model(model)
+    try:
+        with _StopSignal() as stop:
+            rate, logs = loop.run(_loader(dataset, cfg, step, acc), step, items_per_batch, bar, watch, stop)
+    except BaseException:
+        watch.close()  # on success the stage's watch.finish closes it, after the final evaluation
+        raise
+    finally:
+        bar.close()
     rank_hashes = None
     if acc.num_processes > 1:
         from accelerate.utils import gather_object
         rank_hashes = gather_object([state_hash(acc.unwrap_model(model))])
-    return TrainResult(final, step, seen / elapsed if elapsed > 0 and seen else 0.0,
-                       {k: float(v) for k, v in logs.items()}, rank_hashes)
+    final = ema if ema is not None else acc.unwrap_model(model)
+    return TrainResult(final, loop.step, rate, logs, rank_hashes)
+
+
+def _resume(out_dir: Path, model, optimizer, ema, progress: dict, acc: Accelerator, desc: str) -> int:
+    """The step to start from: that of out_dir/state, whose weights, optimiser and RNG are loaded; else 0."""
+    found = find_training_state(out_dir / "state")
+    if found is None:
+        if acc.is_main_process:
+            truncate_jsonl(out_dir / "metrics.jsonl", 0)
+        return 0
+    saved = load_training_state(found, model, optimizer, ema)
+    _match_state_layout(optimizer)
+    if saved.get("config_hash") != progress.get("config_hash"):
+        raise TrainingError(
+            f"{found} was saved for a different configuration (hash {saved.get('config_hash')} != "
+            f"{progress.get('config_hash')}); delete {out_dir / 'state'} or use --force to start again")
+    step = int(saved["step"])
+    truncate_jsonl(out_dir / "metrics.jsonl", step)
+    acc.print(f"[{desc}] resuming from {found} at step {step}")
+    return step
+
+
+def _loader(dataset: Dataset, cfg: TrainConfig, step: int, acc: Accelerator) -> DataLoader:
+    """Batches of steps [step, cfg.steps) of this rank, in the order fixed by (seed, step)."""
+    sampler = StepBatchSampler(len(dataset), cfg.batch_size, cfg.seed, step * cfg.grad_accum,
+                               cfg.steps * cfg.grad_accum, acc.process_index, acc.num_processes)
+    # its own generator: creating the iterator must not draw from the global RNG the state restores
+    workers = loader_workers(dataset, cfg.num_workers)
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, generator=torch.Generator(),
+                      persistent_workers=workers > 0, pin_memory=acc.device.type == "cuda")
+
+
+class _Loop:
+    """The optimisation steps of one training run, and the saves of its state."""
+
+    def __init__(self, acc: Accelerator, model, optimizer, ema, loss_fn, cfg: TrainConfig, state_dir: Path,
+                 progress: dict, desc: str):
+        self.acc, self.model, self.optimizer, self.ema, self.cfg = acc, model, optimizer, ema, cfg
+        self._loss = loss_fn
+        self.state_dir, self.progress, self.desc, self.step = state_dir, progress, desc, 0
+
+    def save(self) -> None:
+        acc = self.acc
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            save_training_state(self.state_dir, acc.unwrap_model(self.model), self.optimizer,
+                                {**self.progress, "step": self.step}, self.ema)
+        acc.wait_for_everyone()
+
+    def run(self, loader, step: int, items_per_batch, bar, watch: Watcher, stop: "_StopSignal") -> tuple[float, dict]:
+        """Steps until cfg.steps, then the final save; returns (items per second after the first step, last logs).
+        A signal saves the state and raises KeyboardInterrupt; a non-finite loss raises TrainingError."""
+        acc, cfg, model = self.acc, self.cfg, self.model
+        count = items_per_batch or (lambda batch: len(batch[0]))
+        self.step, logs, seen, t0, micro = step, {}, 0, time.perf_counter(), 0
+        timed = False
+        model.train()
+        for batch in loader:
+            batch = tuple(_to_device(t, acc.device, cfg.channels_last) for t in batch)
+            loss, logs = self._micro_step(batch)
+            seen += count(batch) * acc.num_processes
+            micro += 1
+            if micro % cfg.grad_accum:
+                continue
+            self.step += 1
+            if not timed:  # throughput counts from the end of the first step: it holds the codebook
+                timed, seen, t0 = True, 0, time.perf_counter()  # init and kernel set-up
+            self._average()
+            bar.update(1)
+            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                record = {"step": self.step, "loss": float(loss.detach()), "lr": lr_at(cfg, self.step - 1),
+                          **{k: float(v) for k, v in logs.items()}}
+                bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k not in ("step", "lr")})
+                watch.log(record)
+            watch.on_step(self.step, self.ema if self.ema is not None else acc.unwrap_model(model))
+            if stop.received is not None:
+                self.save()
+                acc.print(f"[{self.desc}] signal {stop.received} received: state saved at step {self.step} in "
+                          f"{self.state_dir}")
+                raise KeyboardInterrupt(f"stopped by signal {stop.received} at step {self.step}; re-run to resume")
+            if self.step % cfg.save_every == 0 and self.step < cfg.steps:
+                self.save()
+        elapsed = time.perf_counter() - t0
+        self.save()
+        return (seen / elapsed if elapsed > 0 and seen else 0.0), {k: float(v) for k, v in logs.items()}
+
+    def _micro_step(self, batch: tuple) -> tuple[torch.Tensor, dict]:
+        acc, cfg, model, optimizer = self.acc, self.cfg, self.model, self.optimizer
+        with acc.accumulate(model):
+            with acc.autocast():
+                loss, logs = self._loss(model, batch)
+            if not torch.isfinite(loss.detach()):
+                raise TrainingError(
+                    f"[{self.desc}] loss became {loss.item()} at step {self.step + 1}; training stopped. The last "
+                    f"good state ({self.state_dir}) is kept: lower the learning rate or check the data, then re-run.")
+            acc.backward(loss)
+            if acc.sync_gradients and cfg.grad_clip > 0:
+                acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(cfg, self.step)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        return loss, logs
+
+    def _average(self) -> None:
+        """The Polyak average of the weights (ema_decay > 0), buffers copied."""
+        if self.ema is None:
+            return
+        model = self.acc.unwrap_model(self.model)
+        with torch.no_grad():
+            for pe, p in zip(self.ema.parameters(), model.parameters()):
+                pe.lerp_(p.detach(), 1 - self.cfg.ema_decay)
+            for be, b in zip(self.ema.buffers(), model.buffers()):
+                be.copy_(b)
 
 
 def _match_state_layout(optimizer: torch.optim.Optimizer) -> None:

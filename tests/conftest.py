@@ -1,3 +1,4 @@
+import contextlib
 import os
 
 import numpy as np
@@ -108,3 +109,27 @@ def write_inception_weights(path, seed: int = 0, legacy: bool = False):
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(random_inception_state(seed), path, _use_new_zipfile_serialization=not legacy)
     return path
+
+
+class Killed(Exception):
+    """Stands for the process being killed in the middle of training (see `killed_after`)."""
+
+
+@contextlib.contextmanager
+def killed_after(step: int):
+    """Training raises Killed right after optimiser step `step` (its logging and pictures done, before a save
+    that step would make), as a kill there would stop it; the patch is undone on leaving."""
+    from pipelines.watch import Watcher
+    real = Watcher.on_step
+
+    def on_step(self, at, model):
+        real(self, at, model)
+        if at >= step:
+            raise Killed(f"killed after step {at}")
+
+    Watcher.on_step = on_step
+    try:
+        with pytest.raises(Killed):
+            yield
+    finally:
+        Watcher.on_step = real

@@ -62,22 +62,18 @@ def test_keep_freed_memory_is_applied_once(monkeypatch):
     assert calls == [1]
 
 
-def test_the_command_and_the_training_loop_apply_it(monkeypatch, tmp_path):
-    """Both entry points call keep_freed_memory before their first large tensor."""
+def test_the_command_applies_it_and_library_calls_do_not(monkeypatch, tmp_path, tiny_overrides):
+    """The `vqvae2` command sets malloc up before its first large tensor; a stage called from Python (the
+    training loop included) leaves the process's allocator alone."""
     import pipelines.cli as cli
-    import pipelines.train as train
+    from pipelines import allocator
+    from pipelines.artifacts import RunDir
+    from pipelines.config import resolve_config
+    from pipelines.stage1 import train_vqvae
     seen = []
     monkeypatch.setattr(cli, "keep_freed_memory", lambda: seen.append("cli"))
     cli.main(["status", "--run-dir", str(tmp_path / "none")])
-
-    class Reached(Exception):
-        pass
-
-    def first_thing_in_train():
-        seen.append("train")
-        raise Reached  # the loop's set-up is not needed here
-
-    monkeypatch.setattr(train, "keep_freed_memory", first_thing_in_train)
-    with pytest.raises(Reached):
-        train.train(None, None, None, tmp_path, None, {})
-    assert seen == ["cli", "train"]
+    monkeypatch.setattr(allocator, "_applied", None)
+    monkeypatch.setattr(allocator, "_apply", lambda: seen.append("library") or True)
+    train_vqvae(resolve_config("demo", tiny_overrides), RunDir(tmp_path / "run"))
+    assert seen == ["cli"] and (tmp_path / "run" / "vqvae" / "metrics.json").is_file()

@@ -9,6 +9,8 @@ from pipelines.config import resolve_config
 from pipelines.stage1 import train_vqvae
 from vqvae2.vqvae import VQVAE2
 
+from conftest import killed_after
+
 
 def test_train_vqvae_command_writes_every_artefact(tmp_path, tiny_overrides):
     run = tmp_path / "run"
@@ -36,7 +38,8 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, tiny_ov
     cfg = resolve_config("demo", tiny_overrides)
     full, cut = RunDir(tmp_path / "full"), RunDir(tmp_path / "cut")
     train_vqvae(cfg, full)
-    assert train_vqvae(cfg, cut, stop_after=3) is None  # dies after step 3; last state is step 2
+    with killed_after(3):  # dies after step 3; last state is step 2
+        train_vqvae(cfg, cut)
     assert json.loads((cut.vqvae / "state" / "progress.json").read_text())["step"] == 2
     train_vqvae(cfg, cut)
     a, b = load_file(str(full.vqvae / "model.safetensors")), load_file(str(cut.vqvae / "model.safetensors"))
@@ -51,7 +54,8 @@ def test_codebook_loss_vqvae_trains_and_resumes_exactly(tmp_path, tiny_overrides
     cfg = resolve_config("demo", [*tiny_overrides, "vqvae.quantizer='codebook_loss'"])
     full, cut = RunDir(tmp_path / "full"), RunDir(tmp_path / "cut")
     m = train_vqvae(cfg, full)
-    assert train_vqvae(cfg, cut, stop_after=3) is None
+    with killed_after(3):
+        train_vqvae(cfg, cut)
     train_vqvae(cfg, cut)
     a, b = load_file(str(full.vqvae / "model.safetensors")), load_file(str(cut.vqvae / "model.safetensors"))
     assert "quantizers.0.embed" in a and "quantizers.0.ema_sum" not in a

@@ -24,7 +24,7 @@ from pipelines.images import grid_image, to_uint8
 from pipelines.stage1 import train_vqvae
 from vqvae2.vqvae import VQVAE2
 
-from conftest import TINY_EVAL, TINY_PRIORS, folder_overrides, make_image_folder
+from conftest import TINY_EVAL, TINY_PRIORS, folder_overrides, killed_after, make_image_folder
 
 REPO = Path(__file__).resolve().parents[1]
 HAS_TENSORBOARD = importlib.util.find_spec("tensorboard") is not None
@@ -140,7 +140,8 @@ def test_watching_changes_no_weight_and_resumes_exactly(tmp_path):
     plain, watched = RunDir(tmp_path / "plain"), RunDir(tmp_path / "watched")
     train_vqvae(resolve_config("demo", folder_overrides(folder)), plain)
     cfg = resolve_config("demo", [*folder_overrides(folder), "train_vqvae.val_every=1", "train_vqvae.image_every=1"])
-    assert train_vqvae(cfg, watched, stop_after=3) is None  # dies after step 3; the last state is step 2
+    with killed_after(3):  # dies after step 3; the last state is step 2
+        train_vqvae(cfg, watched)
     train_vqvae(cfg, watched)
     a, b = load_file(str(plain.vqvae / "model.safetensors")), load_file(str(watched.vqvae / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -276,7 +277,8 @@ def test_status_of_a_killed_run_and_of_a_changed_config(tmp_path):
     run = RunDir(tmp_path / "run")
     overrides = [*folder_overrides(folder), "train_vqvae.log_every=1"]
     cfg = load_run_config(run, "demo", overrides)
-    assert train_vqvae(cfg, run, stop_after=3) is None  # as if killed after step 3; the last save is step 2
+    with killed_after(3):  # as if killed after step 3; the last save is step 2
+        train_vqvae(cfg, run)
     with open(run.vqvae / "metrics.jsonl", "a") as f:
         f.write('{"step": 4, "lo')  # a line cut by the kill
     os.replace(run.vqvae / "state", run.vqvae / "state.old")  # killed between the two renames of a save
