@@ -23,8 +23,7 @@ from .stage2 import load_priors
 
 def load_image(path: Path, size: int, channels: int) -> torch.Tensor:
     """One image file as (1, C, size, size) in [-1, 1]: any mode, resized and center-cropped like a folder's."""
-    from .data import load_image_rgb, resize_center_crop
-    from .datasets.folder import IMAGE_READ_ERRORS
+    from .datasets.decode import IMAGE_READ_ERRORS, load_image_rgb, resize_center_crop
     if not Path(path).is_file():
         raise FileNotFoundError(f"--image {path} does not exist")
     try:

@@ -7,62 +7,22 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from .arrays import label_tensor, to_tensor
 from .config import DataError
+from .decode import IMAGE_READ_ERRORS, bad_file_error, load_image_rgb, resize_center_crop
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
-def load_image_rgb(path: str | os.PathLike) -> Image.Image:
-    """Open any image (L, LA, P, RGBA, CMYK, I;16, ...) as RGB; alpha is composited over white."""
-    with Image.open(path) as im:
-        im.load()
-        im = ImageOps.exif_transpose(im)
-    mode = im.mode
-    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        a = np.asarray(im).astype(np.float64)
-        if mode.startswith("I;16") or (mode == "I" and a.size and a.max() > 255):
-            a = a / 257.0
-        elif mode == "F" and a.size and a.max() <= 1.0:
-            a = a * 255.0
-        im = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
-        mode = "L"
-    has_alpha = mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in im.info)
-    if has_alpha:
-        rgba = im.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return im.convert("RGB")
-
-
-def resize_center_crop(im: Image.Image, size: int) -> Image.Image:
-    """Resize the short side to ``size`` (up or down), then center-crop to ``size`` x ``size``."""
-    w, h = im.size
-    s = size / min(w, h)
-    nw, nh = max(size, round(w * s)), max(size, round(h * s))
-    if (nw, nh) != (w, h):
-        im = im.resize((nw, nh), Image.LANCZOS if s < 1 else Image.BICUBIC)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    return im.crop((left, top, left + size, top + size))
-
-
-def _bad_file_error(path, e):
-    return DataError(
-        f"cannot read image file {path}: {type(e).__name__}: {e}. Remove or fix it, "
-        f"or set data.skip_bad_files=true to skip unreadable files"
-    )
-
-
-IMAGE_READ_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError)
 
 
 class ImageFolderDataset(Dataset):
     """Images from files; labels from immediate subfolders (ImageFolder semantics) or -1."""
 
     channels = 3
+    decodes_per_item = True  # DataLoader workers pay off (prepared.loader_workers)
 
     def __init__(self, files: list[Path], labels: list[int], class_names: list[str], size: int,
                  skip_bad_files: bool = False, root: str | None = None):
@@ -93,7 +53,7 @@ class ImageFolderDataset(Dataset):
                 return self._load(j)
             except IMAGE_READ_ERRORS as e:
                 if not self.skip_bad_files:
-                    raise _bad_file_error(self.files[j], e) from e
+                    raise bad_file_error(self.files[j], e) from e
                 self._bad.add(j)
                 warnings.warn(f"skipping unreadable image file {self.files[j]}: {e}", stacklevel=2)
         raise DataError(f"no readable image files in {self.root} ({n} files, all unreadable)")

@@ -21,7 +21,8 @@ from tqdm.auto import tqdm
 
 from .arrays import batch_items, label_tensor, to_tensor
 from .cache import PreparedArrays
-from .config import DataError
+from .config import DataError, available_cores
+from .decode import IMAGE_READ_ERRORS, decode
 
 BAD = -2  # label of a file that could not be read (skipped with data.skip_bad_files)
 RESIZE = "rgb-resize-short-side-center-crop-v1"  # what pipelines.datasets.folder does to a file; bump on change
@@ -38,20 +39,14 @@ def folder_key(root: Path, files: list[Path], size: int, skip_bad_files: bool) -
             "size": size, "resize": RESIZE, "skip_bad_files": skip_bad_files}
 
 
-def _decode(path: Path, size: int) -> np.ndarray:
-    from .folder import load_image_rgb, resize_center_crop
-    return np.asarray(resize_center_crop(load_image_rgb(path), size), dtype=np.uint8)
-
-
 def _decode_chunk(job) -> tuple[int, list[tuple[int, str]]]:
     """Worker: decode files [start, stop) into the cache file; returns the unreadable ones."""
-    from .folder import IMAGE_READ_ERRORS
     array_path, files, size, start = job
     images = np.load(array_path, mmap_mode="r+", allow_pickle=False)
     bad = []
     for i, f in enumerate(files):
         try:
-            images[start + i] = _decode(Path(f), size)
+            images[start + i] = decode(f, size)
         except IMAGE_READ_ERRORS as e:
             bad.append((start + i, f"{type(e).__name__}: {e}"))
     images.flush()
@@ -144,6 +139,4 @@ def loader_workers(dataset: Dataset, requested: int) -> int:
         return requested
     if requested < 0:
         return 0
-    from .config import available_cores
-    from .folder import ImageFolderDataset
-    return min(8, available_cores()) if isinstance(dataset, ImageFolderDataset) else 0
+    return min(8, available_cores()) if getattr(dataset, "decodes_per_item", False) else 0
