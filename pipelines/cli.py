@@ -18,12 +18,14 @@ from .config import ConfigNote, PipelineConfig, config_from_dict, preset_names, 
 _default_showwarning = warnings.showwarning
 
 
-def load_run_config(run: RunDir, preset: str | None, overrides: list[str], write: bool = True) -> PipelineConfig:
-    """The run's configuration: the preset (+ overrides) when given, else RUN/config.json (+ overrides).
+def load_run_config(run: RunDir, preset: str | None, overrides: list[str], write: bool = True,
+                    fields: dict | None = None) -> PipelineConfig:
+    """The run's configuration: the preset (+ overrides) when given, else RUN/config.json (+ overrides);
+    `fields` holds the values of command-line flags ({"sample.n": 8}), set as they are.
     With write, the resolved configuration is saved to RUN/config.json when it differs from what is there.
     An error names where the bad value came from: the preset, RUN/config.json or the command line."""
     if preset:
-        cfg = resolve_config(preset, overrides)
+        cfg = resolve_config(preset, overrides, fields)
     elif run.config.is_file():
         saved = read_json(run.config)
         try:
@@ -31,7 +33,7 @@ def load_run_config(run: RunDir, preset: str | None, overrides: list[str], write
         except ValueError as e:
             raise ValueError(f"{run.config}: {e}") from e
         try:
-            cfg = config_from_dict(saved, overrides, where=str(run.config))
+            cfg = config_from_dict(saved, overrides, where=str(run.config), fields=fields)
         except ValueError as e:
             raise ValueError(f"command line: {e}") from e
     else:
@@ -54,16 +56,6 @@ def save_run_config(run: RunDir, cfg: PipelineConfig) -> None:
     except ValueError:
         pass  # a damaged config.json is replaced
     write_json(run.config, data)
-
-
-def setting(key: str, value) -> str:
-    """A command-line flag's value as a `key=value` override that reads back as exactly that value: strings
-    and paths as TOML basic strings (JSON's escapes are TOML's), so quotes and backslashes survive."""
-    if isinstance(value, (str, Path)):
-        return f"{key}={json.dumps(str(value))}"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"setting {key}: unsupported flag value {value!r}")
-    return f"{key}={value!r}"
 
 
 def _is_main_process() -> bool:
@@ -240,32 +232,19 @@ def _dispatch(args, run: RunDir) -> int:
         return _status(args, run)
     if args.command == "export":  # reads the run only: no lock, no configuration written
         return _export(args, run)
-    overrides = list(args.overrides)
+    overrides, fields = list(args.overrides), _flag_fields(args)
     if args.command == "fid-stats":
-        return _fid_stats(args, run, overrides)
+        return _fid_stats(args, run, overrides, fields)
     if args.command == "prepare-data":
         return _prepare_data(args, run, overrides)
-    if args.command == "sample":
-        for key, name in (("n", "n"), ("batch_size", "batch_size"), ("temperature", "temperature"),
-                          ("top_k", "top_k"), ("class_label", "class_label"), ("seed", "seed"), ("sampler", "sampler"),
-                          ("format", "format")):
-            value = getattr(args, key)
-            if value is not None:
-                overrides.append(setting(f"sample.{name}", value))
-    if args.command == "evaluate":
-        overrides += _extractor_overrides(args)
-        if args.n_samples is not None:
-            overrides.append(setting("eval.n_samples", args.n_samples))
-        if args.reference_stats:
-            overrides.append(setting("eval.reference_stats", args.reference_stats))
     if _world_size() == 1:  # a run being written is the first thing to say (launched ranks agree in _one_writer)
         run.lock(args.command).refuse_if_held()
-    cfg = load_run_config(run, getattr(args, "preset", None), overrides, write=False)  # bad values: refused,
+    cfg = load_run_config(run, getattr(args, "preset", None), overrides, write=False, fields=fields)  # bad values: refused,
     if args.command == "run":  # nothing made; nor for a configuration that cannot run to its end
         from .preflight import preflight
         preflight(cfg, args.until)
     with _one_writer(run, args.argv):
-        return _write(args, run, overrides)
+        return _write(args, run, overrides, fields)
 
 
 @contextmanager
@@ -309,8 +288,8 @@ SAVED_AFTER = ("sample", "evaluate")
 NEVER_SAVED = ("vary",)
 
 
-def _write(args, run: RunDir, overrides: list[str]) -> int:
-    cfg = load_run_config(run, getattr(args, "preset", None), overrides,
+def _write(args, run: RunDir, overrides: list[str], fields: dict) -> int:
+    cfg = load_run_config(run, getattr(args, "preset", None), overrides, fields=fields,
                           write=args.command not in SAVED_AFTER + NEVER_SAVED)
     code = _run_command(args, run, cfg)
     if args.command in SAVED_AFTER:
@@ -367,26 +346,39 @@ def _export(args, run: RunDir) -> int:
     return 0
 
 
-def _extractor_overrides(args) -> list[str]:
-    out = []
-    if args.feature_extractor:
-        out.append(setting("eval.feature_extractor", args.feature_extractor))
-    if args.inception_weights:
-        out.append(setting("eval.inception_weights", args.inception_weights))
+# flag -> configuration field, per command: the flag's value (already typed by argparse) is set as it is
+FLAG_FIELDS = {
+    "sample": {"n": "sample.n", "batch_size": "sample.batch_size", "temperature": "sample.temperature",
+               "top_k": "sample.top_k", "class_label": "sample.class_label", "seed": "sample.seed",
+               "sampler": "sample.sampler", "format": "sample.format"},
+    "evaluate": {"feature_extractor": "eval.feature_extractor", "inception_weights": "eval.inception_weights",
+                 "n_samples": "eval.n_samples", "reference_stats": "eval.reference_stats"},
+    "fid-stats": {"feature_extractor": "eval.feature_extractor", "inception_weights": "eval.inception_weights"},
+}
+
+
+def _flag_fields(args) -> dict:
+    """The configuration fields the command's flags set (flags not given set nothing); paths as text."""
+    out = {}
+    for flag, key in FLAG_FIELDS.get(args.command, {}).items():
+        value = getattr(args, flag)
+        if value is not None and value != "":
+            out[key] = str(value) if isinstance(value, Path) else value
     return out
 
 
-def _config_without_run(args, run: RunDir | None, overrides: list[str], command: str) -> PipelineConfig:
+def _config_without_run(args, run: RunDir | None, overrides: list[str], command: str,
+                        fields: dict | None = None) -> PipelineConfig:
     if run is None and not args.preset:
         raise ValueError(f"{command} needs --preset (the data and its size) or --run-dir (a run's configuration)")
     if run is not None:
-        return load_run_config(run, args.preset, overrides, write=False)  # reads the run, changes nothing
-    return resolve_config(args.preset, overrides)
+        return load_run_config(run, args.preset, overrides, write=False, fields=fields)  # reads, changes nothing
+    return resolve_config(args.preset, overrides, fields)
 
 
 def _prepare_data(args, run: RunDir | None, overrides: list[str]) -> int:
     from .data import build_datasets
-    cfg = _config_without_run(args, run, [*overrides, "data.prepare=true"], "prepare-data")
+    cfg = _config_without_run(args, run, overrides, "prepare-data", {"data.prepare": True})
     if cfg.data.name != "folder":
         raise ValueError(f"prepare-data prepares image folders (data.name='folder'); {cfg.data.name!r} needs no "
                          f"preparation")
@@ -398,9 +390,9 @@ def _prepare_data(args, run: RunDir | None, overrides: list[str]) -> int:
     return 0
 
 
-def _fid_stats(args, run: RunDir | None, overrides: list[str]) -> int:
+def _fid_stats(args, run: RunDir | None, overrides: list[str], fields: dict) -> int:
     from .evaluate import fid_stats
-    cfg = _config_without_run(args, run, overrides + _extractor_overrides(args), "fid-stats")
+    cfg = _config_without_run(args, run, overrides, "fid-stats", fields)
     if not _is_main_process():
         return 0
     stats = fid_stats(cfg, run, args.out, split=args.split, folder=args.folder, n=args.n,

@@ -370,19 +370,23 @@ def parse_value(text: str) -> Any:
 
 
 def apply_override(data: dict[str, Any], assignment: str) -> None:
-    """Applies `a.b.c=value` to the nested dict, refusing keys the configuration does not have."""
+    """Applies `a.b.c=value` (value as TOML text) to the nested dict, refusing keys the configuration lacks."""
     if "=" not in assignment:
         raise ValueError(f"--set expects key=value, got {assignment!r}")
     key, text = assignment.split("=", 1)
-    parts = key.strip().split(".")
-    value = parse_value(text.strip())
-    # validate the path against the dataclasses (prior.<level>.* and classifier.* are checked later)
+    set_field(data, key.strip(), parse_value(text.strip()), "--set")
+
+
+def set_field(data: dict[str, Any], key: str, value: Any, source: str = "--set") -> None:
+    """data[a][b]... = value for the dotted `key`, refusing keys the configuration does not have (prior.<level>.*
+    and classifier.* are checked when the configuration is built). `source` names where the key came from."""
+    parts = key.split(".")
     if parts[0] not in SECTIONS:
         raise unknown_key_error(parts[0], list(SECTIONS), "")
     ftype = SECTIONS[parts[0]].default_factory().__class__
     if dataclasses.is_dataclass(ftype):
         if len(parts) != 2:
-            raise ValueError(f"--set {key}: expected {parts[0]}.<key>")
+            raise ValueError(f"{source} {key}: expected {parts[0]}.<key>")
         names = [f.name for f in dataclasses.fields(ftype)]
         if parts[1] not in names:
             raise unknown_key_error(parts[1], names, f"{parts[0]}.")
@@ -390,7 +394,7 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
     for p in parts[:-1]:
         node = node.setdefault(p, {})
         if not isinstance(node, dict):
-            raise ValueError(f"--set {key}: {p} is not a table")
+            raise ValueError(f"{source} {key}: {p} is not a table")
     node[parts[-1]] = value
 
 
@@ -428,23 +432,28 @@ def _check_preset_levels(data: dict[str, Any], preset: str) -> None:
                              f"levels {levels}")
 
 
-def _apply_overrides(data: dict[str, Any], overrides: list[str], where: str) -> None:
+def _apply_overrides(data: dict[str, Any], overrides: list[str], where: str, fields: dict[str, Any]) -> None:
     explicit = set()
     for assignment in overrides:
         apply_override(data, assignment)
         parts = assignment.split("=", 1)[0].strip().split(".")
         if parts[0] == "prior" and len(parts) > 1:
             explicit.add(parts[1])
+    for key, value in fields.items():  # command-line flags: typed values, no text to parse
+        set_field(data, key, value, "flag for")
     _fit_prior_sections(data, explicit, where)
 
 
-def resolve_config(preset: str, overrides: list[str] | None = None) -> PipelineConfig:
+def resolve_config(preset: str, overrides: list[str] | None = None,
+                   fields: dict[str, Any] | None = None) -> PipelineConfig:
+    """The preset, then the `--set` overrides (TOML text), then `fields` ({"sample.n": 8}: flags' values)."""
     data = load_preset(preset)
     _check_preset_levels(data, preset)
-    _apply_overrides(data, overrides or [], f"preset {preset}")
+    _apply_overrides(data, overrides or [], f"preset {preset}", fields or {})
     return _build(data)
 
 
-def config_from_dict(data: dict[str, Any], overrides: list[str] | None = None, where: str = "config") -> PipelineConfig:
-    _apply_overrides(data, overrides or [], where)
+def config_from_dict(data: dict[str, Any], overrides: list[str] | None = None, where: str = "config",
+                     fields: dict[str, Any] | None = None) -> PipelineConfig:
+    _apply_overrides(data, overrides or [], where, fields or {})
     return _build(data)

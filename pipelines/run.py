@@ -23,6 +23,7 @@ def make_stage(cfg: PipelineConfig, run: RunDir, stage: Stage, force: bool = Fal
     if not force and stage.done(cfg, run):
         _log(f"[{stage.name}] up to date ({stage.directory(run) / stage.summary}); skipping")
         return None
+    stage.hash(cfg, run)  # raises, naming the command to run first, when an earlier stage's outputs are missing
     found = damaged_output(stage.directory(run))
     if found is not None:
         _log(f"[{stage.name}] {found[0]} is damaged ({found[1]}): redoing the stage")

@@ -188,14 +188,16 @@ def test_a_finished_run_in_a_read_only_directory_is_usable(sampled_run, monkeypa
 
 
 def test_flag_values_reach_the_configuration_unchanged(tmp_path):
-    """A flag value with quotes, backslashes or non-ASCII characters (a --reference-stats path) -> the configuration holds exactly that value"""
-    from pipelines.cli import setting
+    """A flag value with quotes, backslashes or non-ASCII characters (a --reference-stats path) -> the configuration
+    holds exactly that value: flags set configuration fields directly, with no text to parse in between"""
+    from pipelines.cli import _flag_fields, build_parser
     from pipelines.config import resolve_config
-    for path in [tmp_path / "it's \"odd\"\\dir" / "ref.npz", tmp_path / "ünï cödé" / "r.npz"]:
-        cfg = resolve_config("demo", [setting("eval.reference_stats", path), setting("sample.temperature", 0.7),
-                                      setting("sample.sampler", "reference")])
-        assert cfg.eval.reference_stats == str(path)
-        assert cfg.sample.temperature == 0.7 and cfg.sample.sampler == "reference"
+    for path in [tmp_path / "it's \"odd\"\\dir" / "ref.npz", tmp_path / "ünï cödé" / "r.npz", tmp_path / "[1, 2]"]:
+        args = build_parser().parse_args(["evaluate", "--run-dir", "R", "--reference-stats", str(path)])
+        assert resolve_config("demo", fields=_flag_fields(args)).eval.reference_stats == str(path)
+    args = build_parser().parse_args(["sample", "--run-dir", "R", "--temperature", "0.7", "--sampler", "reference"])
+    cfg = resolve_config("demo", fields=_flag_fields(args))
+    assert cfg.sample.temperature == 0.7 and cfg.sample.sampler == "reference" and cfg.sample.n == resolve_config("demo").sample.n
 
 
 def test_forked_children_do_not_keep_the_lock(tmp_path):
@@ -222,7 +224,7 @@ def test_the_lock_records_the_holders_own_command(tmp_path):
     from pipelines import cli
     seen = []
     original = cli._write
-    cli._write = lambda args, run, overrides: seen.append(lock_holder(run.root)) or 0
+    cli._write = lambda args, run, *config: seen.append(lock_holder(run.root)) or 0
     try:
         assert main(["train-vqvae", "--run-dir", str(tmp_path / "run"), "--preset", "demo"]) == 0
     finally:
