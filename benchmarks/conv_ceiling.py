@@ -28,10 +28,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pipelines.allocator import keep_freed_memory  # noqa: E402
-from pipelines.artifacts import write_json  # noqa: E402
-from machine import calibrate, describe  # noqa: E402
-from profile_step import build, channels_last, training_step  # noqa: E402
+from pipelines.allocator import keep_freed_memory
+from pipelines.artifacts import write_json
+from machine import calibrate, describe
+from profile_step import build, channels_last, training_step
 
 
 def median_seconds(fn, repeats: int, warmup: int = 3) -> float:

@@ -26,16 +26,16 @@ import torch
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pipelines.artifacts import write_json  # noqa: E402
-from pipelines.data import DataConfig, build_datasets  # noqa: E402
-from pipelines.datasets.config import available_cores  # noqa: E402
-from pipelines.datasets.prepared import loader_workers  # noqa: E402
-from pipelines.train import StepBatchSampler  # noqa: E402
+from pipelines.artifacts import write_json
+from pipelines.datasets import DataConfig, build_datasets
+from pipelines.datasets.config import available_cores
+from pipelines.datasets.prepared import loader_workers
+from pipelines.train import StepBatchSampler
 
 
 def _render(job) -> int:
     from PIL import Image
-    from pipelines.data import render_face
+    from pipelines.datasets import render_face
     folder, start, stop, size = job
     for i in range(start, stop):
         Image.fromarray(render_face(0, i, size)).save(Path(folder) / f"{i:05d}.png")

@@ -29,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
-from machine import calibrate, describe  # noqa: E402
+from machine import calibrate, describe
 
 SECTIONS = ("train_vqvae", "train_prior", "train_classifier")
 MODES = {

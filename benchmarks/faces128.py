@@ -29,11 +29,11 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pipelines.allocator import keep_freed_memory  # noqa: E402
-from pipelines.artifacts import RunDir, read_json, write_json  # noqa: E402
-from pipelines.cli import init_processes, load_run_config  # noqa: E402
-from pipelines.data import build_datasets  # noqa: E402
-from pipelines.run import run_stage  # noqa: E402
+from pipelines.allocator import keep_freed_memory
+from pipelines.artifacts import RunDir, read_json, write_json
+from pipelines.cli import init_processes, load_run_config
+from pipelines.datasets import build_datasets
+from pipelines.run import run_stage
 
 TARGETS = {"codes_used_fraction_min": 0.9, "recon_psnr_min": 26.0, "nll_gap_bits_min": 1.0, "total_seconds_max": 5400}
 

@@ -27,16 +27,16 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from eval.metrics import (FD_CI_LEVEL, FD_INFINITY_METHOD, FD_INFINITY_MIN_N, FeatureExtractor,  # noqa: E402
+from eval.metrics import (FD_CI_LEVEL, FD_INFINITY_METHOD, FD_INFINITY_MIN_N, FeatureExtractor,
                           ReferenceStats, fd_at_infinity, fd_ci_method, fd_from_stats, fd_interval)
-from pipelines.artifacts import RunDir, write_json  # noqa: E402
-from pipelines.cli import init_processes, load_run_config  # noqa: E402
-from pipelines.data import build_datasets  # noqa: E402
-from pipelines.evaluate import extractor_spec, image_batches  # noqa: E402
-from pipelines.sample import generate_to_store, sample_labels  # noqa: E402
-from pipelines.sample_store import SampleStore  # noqa: E402
-from pipelines.stage2 import load_priors, stage_hash as prior_hash  # noqa: E402
-from vqvae2.vqvae import VQVAE2  # noqa: E402
+from pipelines.artifacts import RunDir, write_json
+from pipelines.cli import init_processes, load_run_config
+from pipelines.datasets import build_datasets
+from pipelines.evaluate import extractor_spec, image_batches
+from pipelines.sample import generate_to_store, sample_labels
+from pipelines.sample_store import SampleStore
+from pipelines.stage2 import load_priors, stage_hash as prior_hash
+from vqvae2.vqvae import VQVAE2
 
 
 def main() -> None:

@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import describe  # noqa: E402
+from machine import describe
 
-from pipelines.runlock import RunLock  # noqa: E402
+from pipelines.runlock import RunLock
 
 
 def _wall(argv: list[str]) -> tuple[float, subprocess.CompletedProcess]:

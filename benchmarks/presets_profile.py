@@ -51,7 +51,7 @@ def measure(preset: str, stage: str, batch: int, steps: int, checkpointing: bool
     c = cfg.vqvae
     meta = {"levels": c.levels, "grid_sizes": c.grid_sizes(), "codebook_size": c.codebook_size,
             "num_classes": N_CLASSES[preset]}
-    images = lambda n: torch.rand(n, c.in_channels, c.image_size, c.image_size, generator=g) * 2 - 1  # noqa: E731
+    images = lambda n: torch.rand(n, c.in_channels, c.image_size, c.image_size, generator=g) * 2 - 1
     out = {"preset": preset, "stage": stage, "batch_size": batch, "activation_checkpointing": checkpointing}
 
     def timed(fn, n):
@@ -78,7 +78,7 @@ def measure(preset: str, stage: str, batch: int, steps: int, checkpointing: bool
             batch_codes = (torch.randint(0, 10, (batch,), generator=g) % max(1, pcfg.n_classes),
                            torch.randint(0, pcfg.codebook_size, (batch, pcfg.height, pcfg.width), generator=g),
                            *[torch.randint(0, k, (batch, h, w), generator=g) for k, h, w in pcfg.cond_shapes])
-            loss_fn = lambda: prior_loss(model, batch_codes)[0]  # noqa: E731
+            loss_fn = lambda: prior_loss(model, batch_codes)[0]
         model.checkpointing = checkpointing
         model.train()
         tcfg, _ = machine_settings(tcfg, None, stage)  # the precision the stage would resolve here
@@ -168,8 +168,8 @@ def main() -> None:
         print(json.dumps(m), flush=True)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2))  # partial results survive an interruption
-    for preset, stages in result.items():
-        for stage, by_batch in stages.items():
+    for stages in result.values():
+        for by_batch in stages.values():
             if "batch_1" in by_batch and "batch_2" in by_batch:
                 by_batch["memory_per_sample_mb"] = by_batch["batch_2"]["peak_rss_mb"] - by_batch["batch_1"]["peak_rss_mb"]
     result["note"] = ("CPU measurements (2 cores, bf16 autocast where the preset trains in bf16); memory is peak "

@@ -19,13 +19,13 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pipelines.allocator import keep_freed_memory  # noqa: E402
-from pipelines.config import resolve_config  # noqa: E402
-from pipelines.stage1 import vqvae_loss  # noqa: E402
-from pipelines.stage2 import prior_config, prior_loss  # noqa: E402
-from pipelines.train import machine_settings, make_accelerator, make_optimizer  # noqa: E402
-from vqvae2.pixelsnail import PixelSNAIL  # noqa: E402
-from vqvae2.vqvae import VQVAE2  # noqa: E402
+from pipelines.allocator import keep_freed_memory
+from pipelines.config import resolve_config
+from pipelines.stage1 import vqvae_loss
+from pipelines.stage2 import prior_config, prior_loss
+from pipelines.train import machine_settings, make_accelerator, make_optimizer
+from vqvae2.pixelsnail import PixelSNAIL
+from vqvae2.vqvae import VQVAE2
 
 
 def build(model_name: str, preset: str, overrides: list[str]):

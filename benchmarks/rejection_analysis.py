@@ -23,15 +23,15 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from eval.classifier import Classifier, predict_proba, to_model_input, weights_hash  # noqa: E402
-from eval.rejection import rejection_sample  # noqa: E402
-from pipelines.artifacts import RunDir, write_json  # noqa: E402
-from pipelines.cli import init_processes, load_run_config  # noqa: E402
-from pipelines.data import build_datasets  # noqa: E402
-from pipelines.sample import generate, sample_labels  # noqa: E402
-from pipelines.stage2 import load_priors  # noqa: E402
-from pipelines.evaluate import image_batches  # noqa: E402
-from vqvae2.vqvae import VQVAE2  # noqa: E402
+from eval.classifier import Classifier, predict_proba, to_model_input, weights_hash
+from eval.rejection import rejection_sample
+from pipelines.artifacts import RunDir, write_json
+from pipelines.cli import init_processes, load_run_config
+from pipelines.datasets import build_datasets
+from pipelines.sample import generate, sample_labels
+from pipelines.stage2 import load_priors
+from pipelines.evaluate import image_batches
+from vqvae2.vqvae import VQVAE2
 
 RATES = (1.0, 0.5, 0.25, 0.1)
 

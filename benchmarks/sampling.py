@@ -32,13 +32,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from machine import calibrate, describe  # noqa: E402
-from pipelines.allocator import keep_freed_memory  # noqa: E402
-from pipelines.config import resolve_config  # noqa: E402
-from pipelines.stage2 import prior_config  # noqa: E402
-from vqvae2.config import PixelSNAILConfig  # noqa: E402
-from vqvae2.pixelsnail import PixelSNAIL  # noqa: E402
-from vqvae2.sampling import PriorWeights, sample_cached, sample_compiled, sample_hierarchy, sample_reference  # noqa: E402
+from machine import calibrate, describe
+from pipelines.allocator import keep_freed_memory
+from pipelines.config import resolve_config
+from pipelines.stage2 import prior_config
+from vqvae2.config import PixelSNAILConfig
+from vqvae2.pixelsnail import PixelSNAIL
+from vqvae2.sampling import PriorWeights, sample_cached, sample_compiled, sample_hierarchy, sample_reference
 
 
 # prior sizes: read from the presets, so the benchmark measures what the pipeline trains
@@ -89,7 +89,7 @@ def bench_fashion32(batch: int, top_channels: int, bottom_channels: int, seed: i
     labels = torch.arange(batch) % 10
     # the incremental samplers' weight layout, built once as a caller sampling many times would (timed apart)
     weights_s, weights = _timed(lambda: [PriorWeights(p) for p in priors], FASHION32_REPEATS)
-    run = lambda sampler: sample_hierarchy(priors, batch, labels=labels, sampler=sampler,  # noqa: E731
+    run = lambda sampler: sample_hierarchy(priors, batch, labels=labels, sampler=sampler,
                                            generator=torch.Generator().manual_seed(seed),
                                            weights=None if sampler == "reference" else weights)
     run("cached")  # warm-up
@@ -138,7 +138,7 @@ def bench_ffhq256(batch: int, channels: int, size: int, n_units: int, ref_positi
     kc, h, w = cfg.cond_shapes[0]
     cond = [torch.randint(0, kc, (batch, h, w), generator=torch.Generator().manual_seed(seed))]
     weights_s, weights = _timed(lambda: PriorWeights(prior))
-    run = lambda fn, **kw: fn(prior, batch, cond=cond, generator=torch.Generator().manual_seed(seed), **kw)  # noqa: E731
+    run = lambda fn, **kw: fn(prior, batch, cond=cond, generator=torch.Generator().manual_seed(seed), **kw)
     run(sample_cached)  # warm-up
     if compiled:  # the first call compiles (minutes on 2 cores): timed apart
         compile_s, _ = _timed(lambda: run(sample_compiled, weights=weights))
@@ -150,7 +150,7 @@ def bench_ffhq256(batch: int, channels: int, size: int, n_units: int, ref_positi
         if compiled:
             t, compiled_codes = _timed(lambda: run(sample_compiled, weights=weights))
             times["compiled"].append(t)
-        times["forward"].append(_timed(lambda: prior(codes, cond))[0])
+        times["forward"].append(_timed(lambda codes=codes: prior(codes, cond))[0])
     cached_s, forward_s = statistics.median(times["cached"]), statistics.median(times["forward"])
     positions = cfg.height * cfg.width
     timed = min(ref_positions, positions)

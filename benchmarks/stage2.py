@@ -24,11 +24,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import calibrate, describe  # noqa: E402
-from pipelines.allocator import keep_freed_memory  # noqa: E402
-from pipelines.artifacts import RunDir, read_json, write_json  # noqa: E402
-from pipelines.cli import load_run_config  # noqa: E402
-from pipelines.run import run_stage  # noqa: E402
+from machine import calibrate, describe
+from pipelines.allocator import keep_freed_memory
+from pipelines.artifacts import RunDir, read_json, write_json
+from pipelines.cli import load_run_config
+from pipelines.run import run_stage
 
 MARGINS = {"top": 0.5, "bottom": 1.5}  # required gap below the unigram entropy, bits per code
 TARGETS = {"bf16_speedup_min": 2.0}

@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pipelines.allocator import keep_freed_memory  # noqa: E402
-from pipelines.artifacts import RunDir, read_json, write_json  # noqa: E402
-from pipelines.cli import init_processes, load_run_config  # noqa: E402
-from pipelines.run import run_stage  # noqa: E402
+from pipelines.allocator import keep_freed_memory
+from pipelines.artifacts import RunDir, read_json, write_json
+from pipelines.cli import init_processes, load_run_config
+from pipelines.run import run_stage
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pipelines.data import FACE_CLASS_NAMES, face_attributes, render_face  # noqa: E402
+from pipelines.datasets import FACE_CLASS_NAMES, face_attributes, render_face
 
 DOCS = Path(__file__).resolve().parent
 

@@ -21,11 +21,11 @@ from typing import Any, Sequence
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
 
-from vqvae2.pretrained import atomic_write  # noqa: E402
+from vqvae2.pretrained import atomic_write
 
 PROVENANCE_KEYS = ("extractor", "feature_extractor_name", "weights_hash", "weights_standard",
                    "torch_fidelity_version", "n_real", "seed", "kid_subset_size", "prc_neighborhood", "resize",

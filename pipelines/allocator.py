@@ -3,14 +3,14 @@
 glibc's malloc serves a large request (above 128 KiB at first, up to 32 MiB as it adapts) with a
 fresh mmap and returns it to the kernel on free, and it trims the top of the heap once more than
 twice that is free there. A training step frees and re-allocates the same large activations every
-step, so every step touches fresh pages and pays a page fault per 4 KiB. On this project's 2-core
-CPU machine the fashion32 bottom prior's training step took 140 ms in fp32 and 109 ms in bf16, and
-110 ms and 87 ms with freed memory kept (medians of 15 steps, random weights and codes).
+step, so every step touches fresh pages and pays a page fault per 4 KiB (benchmarks/results/kernels.json:
+a prior's training step with and without).
 
 `keep_freed_memory()` tells malloc to serve every request from its heap (M_MMAP_MAX = 0) and never
 to give the heap's top back (M_TRIM_THRESHOLD = -1). The process then holds on to its peak memory,
-as PyTorch's GPU caching allocator does. It is called by the `vqvae2` command and by the training
-loop; set VQVAE2_KEEP_FREED_MEMORY=0 to leave malloc as it is. Elsewhere than glibc it does nothing.
+as PyTorch's GPU caching allocator does. It is a process-wide setting, so only entry points call it (the
+`vqvae2` command, the benchmarks), never the library; set VQVAE2_KEEP_FREED_MEMORY=0 to leave malloc as it is.
+Elsewhere than glibc it does nothing.
 """
 from __future__ import annotations
 
@@ -40,9 +40,10 @@ def _apply() -> bool:
         return False
     try:
         libc = ctypes.CDLL(None)
-        libc.gnu_get_libc_version  # glibc only: musl and others have no such mallopt parameters
         mallopt = libc.mallopt
     except (OSError, AttributeError):
+        return False
+    if not hasattr(libc, "gnu_get_libc_version"):  # glibc only: musl and others have no such mallopt parameters
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     # -1 for the trim threshold is documented (mallopt(3)) as "never trim"

@@ -15,15 +15,17 @@ import tempfile
 import tokenize
 import zipfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from vqvae2.pretrained import atomic_write, load_weights  # noqa: F401 (atomic_write is part of this module's API)
+from vqvae2.pretrained import atomic_write as atomic_write  # part of this module's API
+from vqvae2.pretrained import load_weights
 
-from .runlock import RunDirBusy, RunLock, describe_holder, lock_holder  # noqa: F401 (part of this module's API)
+from .runlock import RunDirBusy as RunDirBusy, RunLock as RunLock  # part of this module's API
+from .runlock import describe_holder as describe_holder, lock_holder as lock_holder
 
 
 # atomic writes
@@ -147,7 +149,7 @@ def truncate_jsonl(path: str | Path, max_step: int) -> None:
                 keep.append(line)
         except (ValueError, AttributeError):
             break  # a line cut by a kill: everything after it is gone
-    atomic_write(path, lambda tmp: Path(tmp).write_text("".join(l + "\n" for l in keep)))
+    atomic_write(path, lambda tmp: Path(tmp).write_text("".join(line + "\n" for line in keep)))
 
 
 # hashes
@@ -242,7 +244,7 @@ def load_training_state(directory: Path, model: torch.nn.Module, optimizer: torc
 # the run directory
 
 class RunDir:
-    """Paths of a run directory (see DESIGN.md, "Run directory")."""
+    """Paths of a run directory (docs/design.md; the layout is in the README, "The run directory")."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root)

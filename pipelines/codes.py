@@ -15,7 +15,7 @@ from vqvae2.vqvae import VQVAE2
 
 from .artifacts import RunDir, hash_config, hash_file, load_npy, read_json, save_npy, write_json
 from .config import PipelineConfig
-from .data import build_datasets
+from .datasets import build_datasets
 
 SPLITS = ("train", "val")
 

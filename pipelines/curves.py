@@ -13,9 +13,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from vqvae2.pretrained import atomic_write  # noqa: E402
+from vqvae2.pretrained import atomic_write
 
 # title, keys shown; a key ending in "_" stands for one curve per level (perplexity_top, ...)
 PANELS = (

@@ -59,7 +59,7 @@ def push_to_hub(folder: Path, repo_id: str, private: bool = False) -> str:
         huggingface_hub.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
         huggingface_hub.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model",
                                       commit_message=f"vqvae2 export of {folder.name}")
-    except Exception as e:  # noqa: BLE001 (no token, offline, no permission: one line for a person)
+    except Exception as e:  # no token, offline, no permission: one line for a person
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise ValueError(f"uploading {folder} to the Hub repository {repo_id} failed ({type(e).__name__}: {first}); "
                          f"the export itself is complete: log in (`huggingface-cli login` or HF_TOKEN) and run "

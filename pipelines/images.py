@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 from torchvision.utils import make_grid
 
-from vqvae2.pipeline import to_uint8  # noqa: F401 (one conversion for the pipeline and the stages)
+from vqvae2.pipeline import to_uint8 as to_uint8  # one conversion for the pipeline and the stages
 
 
 def grid_image(images_uint8: torch.Tensor, nrow: int = 8, min_side: int = 64) -> Image.Image:

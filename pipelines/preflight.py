@@ -23,11 +23,11 @@ def data_num_classes(cfg: PipelineConfig) -> int:
     """The number of classes of the configured data, from file names only (0 = unlabelled)."""
     d = cfg.data
     if d.name == "synthetic-faces":
-        from .data import FACE_CLASS_NAMES
+        from .datasets import FACE_CLASS_NAMES
         return len(FACE_CLASS_NAMES)
     if d.name in ("fashion-mnist", "cifar10"):
         return 10
-    from .data import folder_class_names, list_image_files
+    from .datasets import folder_class_names, list_image_files
     root = Path(d.root)
     return len(folder_class_names(root, list_image_files(root)))
 
@@ -40,12 +40,12 @@ def _check_data(cfg: PipelineConfig) -> None:
             raise PreflightError(f"data.root {root} is not readable")
         return  # list_image_files (in data_num_classes) names a missing or empty folder
     if d.name == "fashion-mnist":
-        from .data import FASHION_MNIST_DEFAULT_ROOT, _IDX_FILES, _find_idx
+        from .datasets.fashion_mnist import FASHION_MNIST_DEFAULT_ROOT, _IDX_FILES, _find_idx
         root = Path(d.root or FASHION_MNIST_DEFAULT_ROOT)
         for name in _IDX_FILES["train"] + _IDX_FILES["val"]:
             _find_idx(root, name)  # FileNotFoundError saying how to install the files
     if d.name == "cifar10" and not d.download:
-        from .data import CIFAR10_DIR, CIFAR10_FILES, CIFAR10_URL
+        from .datasets.cifar10 import CIFAR10_DIR, CIFAR10_FILES, CIFAR10_URL
         folder = Path(d.root) / CIFAR10_DIR
         missing = [n for n in CIFAR10_FILES["train"] + CIFAR10_FILES["val"] if not (folder / n).is_file()]
         if missing:
@@ -74,7 +74,7 @@ def _check_evaluation(cfg: PipelineConfig, stages: list[str], n_classes: int) ->
             f"data's class labels, but data {cfg.data.name!r} ({cfg.data.root}) has no class labels (no "
             f"class subfolders). Evaluate with Inception: --set eval.feature_extractor='inception' (weights at "
             f"eval.inception_weights or in torch's hub cache), or stop before evaluation with --until samples")
-    from .data import list_image_files
+    from .datasets import list_image_files
     if e.feature_extractor == "inception":
         from eval.features import inception_extractor
         try:

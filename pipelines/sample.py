@@ -150,5 +150,5 @@ def _classifier_scorer(run: RunDir) -> tuple[ExtraFn | None, str | None]:
         return None, None
     from eval.classifier import Classifier, predict_proba, weights_hash
     model = Classifier.from_pretrained(run.classifier, map_location=device_of()).eval()
-    scorer = lambda images, labels: {"classifier_probs": predict_proba(model, images, batch_size=256).numpy()}  # noqa: E731
+    scorer = lambda images, labels: {"classifier_probs": predict_proba(model, images, batch_size=256).numpy()}
     return scorer, weights_hash(model)

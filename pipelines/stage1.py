@@ -10,7 +10,7 @@ from vqvae2.vqvae import VQVAE2
 
 from .artifacts import RunDir, hash_config, save_png, write_json
 from .config import PipelineConfig
-from .data import build_datasets
+from .datasets import build_datasets
 from .images import grid_image, to_uint8
 from .train import machine_settings, make_accelerator, train
 from .watch import Watcher

@@ -20,7 +20,7 @@ from eval.classifier import Classifier, evaluate_accuracy, weights_hash
 
 from .artifacts import RunDir, hash_config, write_json
 from .config import PipelineConfig, classifier_model_config
-from .data import build_datasets
+from .datasets import build_datasets
 from .train import machine_settings, make_accelerator, train
 from .watch import Watcher
 
@@ -82,7 +82,7 @@ def train_classifier(cfg: PipelineConfig, run: RunDir) -> dict | None:
         mixup = tcfg.rejection_mixup if role == "rejection" else 0.0
         acc = make_accelerator(tcfg, out_dir)
         torch.manual_seed(tcfg.seed)
-        watch = Watcher(out_dir, tcfg, lambda model: {"accuracy": val_accuracy(model, val_set, tcfg.val_batches)})
+        watch = Watcher(out_dir, tcfg, lambda model, batches=tcfg.val_batches: {"accuracy": val_accuracy(model, val_set, batches)})
         result = train(Classifier(ccfg), train_set, tcfg, out_dir, classifier_loss(mixup),
                        {"config_hash": h, "role": role, "settings": settings.to_dict()},
                        accelerator=acc, desc=f"train-classifier {role}", watch=watch)

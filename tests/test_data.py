@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines.data import (
+from pipelines.datasets import (
     FACE_CLASS_NAMES,
     DataConfig,
     DataError,

@@ -347,6 +347,6 @@ def test_fixed_reference_fd_equals_torch_fidelitys():
     for dim, n_gen, n_real in [(8, 500, 800), (64, 300, 1000), (256, 100, 150)]:  # the last: rank-deficient
         gen = torch.randn(n_gen, dim, generator=g) * 1.5 + 0.3
         real = torch.randn(n_real, dim, generator=g)
-        f = lambda x: Features(x, torch.zeros(len(x), 2), (3, 8, 8))  # noqa: E731
+        f = lambda x: Features(x, torch.zeros(len(x), 2), (3, 8, 8))
         expected = fd_from_stats(f(gen), f(real))
         assert FixedReferenceFD(f(real))(gen) == pytest.approx(expected, rel=1e-6)

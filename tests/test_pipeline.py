@@ -69,7 +69,7 @@ def test_a_generator_makes_it_deterministic(pipe):
 
 def test_outputs_labels_and_refusals(pipe):
     """output pil/uint8/tensor agree; labels as one class or a list; bad labels, outputs, seed+generator -> one-line ValueErrors"""
-    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    g = lambda: torch.Generator().manual_seed(0)
     pil = pipe(3, generator=g(), labels=1).images
     pixels = pipe(3, generator=g(), labels=[1, 1, 1], output="uint8")
     assert [im.size for im in pil] == [(16, 16)] * 3 and pil[0].mode == "RGB"

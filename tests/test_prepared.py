@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 
 from pipelines.cli import main
 from pipelines.config import TrainConfig
-from pipelines.data import DataConfig, DataError, build_datasets
+from pipelines.datasets import DataConfig, DataError, build_datasets
 from pipelines.train import StepBatchSampler, train
 
 from conftest import make_image_folder
@@ -101,13 +101,13 @@ def test_unreadable_files_in_a_prepared_folder(tmp_path):
 def test_loader_workers_give_the_same_batches_and_weights(tmp_path):
     folder = make_image_folder(tmp_path / "images", n_per_class=8, size=12)
     train_set, _ = build_datasets(folder_cfg(folder, tmp_path / "cache"))
-    sampler = lambda: StepBatchSampler(len(train_set), 4, seed=3, start=0, total=6)  # noqa: E731
+    sampler = lambda: StepBatchSampler(len(train_set), 4, seed=3, start=0, total=6)
     in_process = list(DataLoader(train_set, batch_sampler=sampler(), num_workers=0))
     workers = list(DataLoader(train_set, batch_sampler=sampler(), num_workers=2))
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(in_process, workers))
     model_a, model_b = torch.nn.Linear(3 * 12 * 12, 2), torch.nn.Linear(3 * 12 * 12, 2)
     model_b.load_state_dict(model_a.state_dict())
-    loss = lambda m, b: ((m(b[0].flatten(1)) - 1) ** 2).mean()  # noqa: E731
+    loss = lambda m, b: ((m(b[0].flatten(1)) - 1) ** 2).mean()
     results = []
     for model, n, out in ((model_a, -1, "none"), (model_b, 2, "two")):
         cfg = TrainConfig(steps=5, batch_size=4, save_every=5, mixed_precision="no", warmup_steps=1, num_workers=n)

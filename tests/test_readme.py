@@ -15,7 +15,7 @@ from conftest import TINY_PRIORS, folder_overrides, make_image_folder
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 sys.path.insert(0, str(ROOT / "docs"))
-import generate  # noqa: E402
+import generate
 
 
 def blocks(language: str) -> list[str]:

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from pipelines.artifacts import RunDir, atomic_write, save_training_state, find_training_state
 from pipelines.cli import load_run_config, main
-from pipelines.config import TrainConfig, resolve_config
+from pipelines.config import TrainConfig
 from pipelines.train import TrainingError, train
 from vqvae2.config import VQVAEConfig
 from vqvae2.vqvae import VQVAE2

@@ -26,7 +26,7 @@ def priors(cond_upsample="nearest"):
 def test_cached_equals_reference_over_a_hierarchy(temperature, top_k, cond_upsample):
     levels = priors(cond_upsample)
     labels = torch.tensor([0, 1, 2, 1, 0])
-    run = lambda sampler: sample_hierarchy(  # noqa: E731
+    run = lambda sampler: sample_hierarchy(
         levels, 5, labels=labels, temperature=temperature, top_k=top_k, sampler=sampler,
         generator=torch.Generator().manual_seed(3), batch_size=3)
     ref, cached = run("reference"), run("cached")
@@ -78,7 +78,7 @@ def test_compiled_equals_reference_over_a_hierarchy(monkeypatch, threads):
     levels = priors()
     n = 5 if threads == 1 else 4
     labels = torch.tensor([0, 1, 2, 1, 0])[:n]
-    run = lambda sampler, **kw: sample_hierarchy(levels, n, labels=labels, temperature=0.6, top_k=3,  # noqa: E731
+    run = lambda sampler, **kw: sample_hierarchy(levels, n, labels=labels, temperature=0.6, top_k=3,
                                                  sampler=sampler, generator=torch.Generator().manual_seed(3), **kw)
     ref, compiled = run("reference"), run("compiled")
     assert shard_sizes == ([5, 5] if threads == 1 else [2, 2, 2, 2])
@@ -108,7 +108,7 @@ def test_samplers_run_in_eval_mode_also_when_only_a_submodule_is_training():
     top = priors()[0].eval()
     top.blocks[0].train()
     labels = torch.tensor([0, 1, 2])
-    run = lambda fn: fn(top, 3, labels=labels, generator=torch.Generator().manual_seed(2))  # noqa: E731
+    run = lambda fn: fn(top, 3, labels=labels, generator=torch.Generator().manual_seed(2))
     assert torch.equal(run(sample_cached), run(sample_reference))
     assert not any(m.training for m in top.modules())  # restored to the prior's own mode
 
@@ -166,7 +166,7 @@ def test_samplers_follow_weight_updates():
     from vqvae2.sampling import PriorWeights
     top, untouched = priors()[0], priors()[0]
     labels = torch.tensor([0, 1, 2])
-    run = lambda fn, prior=top: fn(prior, 3, labels=labels, generator=torch.Generator().manual_seed(2))  # noqa: E731
+    run = lambda fn, prior=top: fn(prior, 3, labels=labels, generator=torch.Generator().manual_seed(2))
     assert torch.equal(run(sample_cached), run(sample_reference))
     before = PriorWeights(top)
     first = run(sample_cached, untouched)
@@ -201,7 +201,7 @@ def test_cached_equals_reference_on_the_threaded_and_the_single_thread_path(monk
     monkeypatch.setattr(torch, "set_num_threads", lambda k: (seen.append(k), real(k)))
     levels = priors()
     labels = torch.tensor([0, 1, 2])
-    run = lambda sampler: sample_hierarchy(levels, 3, labels=labels, sampler=sampler,  # noqa: E731
+    run = lambda sampler: sample_hierarchy(levels, 3, labels=labels, sampler=sampler,
                                            generator=torch.Generator().manual_seed(5))
     ref, cached = run("reference"), run("cached")
     for a, b in zip(ref, cached):

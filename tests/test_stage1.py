@@ -27,7 +27,7 @@ def test_train_vqvae_command_writes_every_artefact(tmp_path, tiny_overrides):
     assert metrics["steps"] == 6 and len(metrics["codes_used"]) == 2
     assert 0 <= metrics["mse"] <= 1
     lines = (run / "vqvae" / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(l)["step"] for l in lines] == [2, 4, 6]
+    assert [json.loads(line)["step"] for line in lines] == [2, 4, 6]
     model = VQVAE2.from_pretrained(run / "vqvae")
     assert model.levels == ["top", "bottom"]
     # the command is resumable: a second call finds the finished state and does not retrain
@@ -46,7 +46,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, tiny_ov
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    steps = [json.loads(l)["step"] for l in (cut.vqvae / "metrics.jsonl").read_text().splitlines()]
+    steps = [json.loads(line)["step"] for line in (cut.vqvae / "metrics.jsonl").read_text().splitlines()]
     assert steps == [2, 4, 6]
 
 

@@ -123,7 +123,7 @@ def test_reconstruction_fd_and_psnr_equal_a_direct_computation(evaluated_run):
     from eval.classifier import Classifier
     from pipelines.artifacts import RunDir
     from pipelines.cli import load_run_config
-    from pipelines.data import build_datasets
+    from pipelines.datasets import build_datasets
     from pipelines.images import to_uint8
     from vqvae2.vqvae import VQVAE2
 

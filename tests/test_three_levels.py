@@ -61,7 +61,7 @@ def test_per_level_temperature_changes_only_its_level(three_level_run):
     from vqvae2.sampling import sample_hierarchy
     priors = load_priors(three_level_run, ["top", "middle", "bottom"])
     labels = torch.tensor([0, 1, 0, 1])
-    draw = lambda t: sample_hierarchy(priors, 4, labels=labels, temperature=t,  # noqa: E731
+    draw = lambda t: sample_hierarchy(priors, 4, labels=labels, temperature=t,
                                       generator=torch.Generator().manual_seed(2))
     base, colder = draw([1.0, 1.0, 1.0]), draw([1.0, 1.0, 0.05])
     assert torch.equal(base[0], colder[0]) and torch.equal(base[1], colder[1])

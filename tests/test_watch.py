@@ -250,7 +250,7 @@ def test_status_of_a_fresh_run(tmp_path, capsys):
     assert status["next"] == f"vqvae2 train-vqvae --run-dir {run}"
     assert _cli("status", "--run-dir", str(run)) == 0
     out = capsys.readouterr().out
-    assert out.splitlines()[1].split() == ["vqvae", "not", "started"] and f"next: vqvae2 train-vqvae" in out
+    assert out.splitlines()[1].split() == ["vqvae", "not", "started"] and "next: vqvae2 train-vqvae" in out
 
 
 def test_status_of_a_finished_run_shows_each_stage_key_metric(watched_run, capsys):

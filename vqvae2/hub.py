@@ -48,7 +48,7 @@ def resolve(source: str | Path, revision: str | None = None) -> Path:
     from huggingface_hub import snapshot_download
     try:
         return Path(snapshot_download(str(source), revision=revision, allow_patterns=HUB_PATTERNS))
-    except Exception as e:  # noqa: BLE001 (offline, unknown repository, network: all one line for a person)
+    except Exception as e:  # offline, unknown repository, network: all one line for a person
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise FileNotFoundError(f"{source} is not a local folder, and the Hub repository {source} could not be "
                                 f"read ({type(e).__name__}: {first})") from e
