@@ -8,8 +8,8 @@ Causal self-attention reads and writes h. Its input at p is h at p plus the embe
 (raster order), both strictly causal, so a query at p may attend to keys at positions <= p (a plain
 lower-triangular mask, never an empty row) and reaches every earlier code.
 
-Activations are SiLU rather than PixelCNN++'s ELU: torch's CPU ELU is unvectorized (~10x slower
-than SiLU here) and, like ELU, SiLU(0) = 0, so zero padding commutes with the activation.
+Activations are SiLU rather than PixelCNN++'s ELU: faster on CPU (benchmarks/results/kernels.json) and, like
+ELU, zero at zero, so zero padding commutes with the activation.
 
 The v stream never depends on the current row, so a sampler can compute a whole row of it at
 once; h needs one step per position. `vqvae2.sampling.sample_cached` relies on this layout.
@@ -63,11 +63,9 @@ def conv1x1(cin: int, cout: int, bias: bool = True) -> nn.Conv2d:
 # dropout with one cheap mask
 
 class _ScaleMask(torch.autograd.Function):
-    """x * m where m is 0 or 1 / (1 - p) per element: the mask is drawn once (uniform fp32 >= p) and
-    kept in x's dtype, and the backward is one product. Twice as fast as nn.Dropout on CPU for the
-    activations here (its bernoulli_ draw dominates; measured forward + backward, 32 x 128 x 16 x 16:
-    2.6-2.7 ms against 5.1-6.0 ms). In bf16 the kept scale is 1 / (1 - p) rounded to bf16 (1.109375 for
-    p = 0.1, 0.16% above 1.1111): a train/eval mismatch far below what dropout itself causes."""
+    """x * m where m is 0 or 1 / (1 - p) per element: the mask is one uniform fp32 draw kept in x's dtype,
+    and the backward one product; faster than nn.Dropout on CPU (benchmarks/results/kernels.json). In bf16
+    the kept scale is 1 / (1 - p) rounded to bf16, a train/eval mismatch far below dropout's own."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
@@ -101,10 +99,8 @@ class Dropout(nn.Module):
 # gated residual unit over both streams
 
 def gate(x: torch.Tensor) -> torch.Tensor:
-    """F.glu(x, dim=1), written out as a * sigmoid(b): the same values in fp32, and on the channels-last
-    tensors the priors train in its backward is far cheaper than glu's (measured, forward + backward,
-    128 x 128 x 8 x 8: bf16 0.36 ms against 2.47 ms, fp32 0.71 ms against 1.13 ms). The samplers keep
-    F.glu, whose forward alone is the faster one."""
+    """F.glu(x, dim=1), written out as a * sigmoid(b): the same values, and on the channels-last tensors the
+    priors train in a cheaper backward (benchmarks/results/kernels.json). The samplers keep F.glu (no backward)."""
     a, b = x.chunk(2, dim=1)
     return a * torch.sigmoid(b)
 
@@ -152,11 +148,9 @@ class GatedResidual(nn.Module):
 # causal self-attention on the h stream
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d) + causal mask) v over (B, heads, L, d). torch's fused CPU kernel is fastest
-    in fp32, but its bf16 backward is 2-10x slower than plain batched matmuls for the sequences of code
-    grids (measured, forward + backward, bf16: L = 16, 16.6 ms against 1.4 ms; L = 256, 37 ms against
-    23 ms). The plain path folds the scale into q and adds the mask as a bias inside the first product
-    (baddbmm), which beats a separate scale and masked_fill by 30% at L = 256."""
+    """softmax(q k^T / sqrt(d) + causal mask) v over (B, heads, L, d). torch's fused CPU kernel serves fp32, but
+    its bf16 backward is slower than plain batched matmuls on code grids (benchmarks/results/kernels.json): in bf16 on CPU
+    the scale is folded into q and the mask added as a bias inside the first product (baddbmm)."""
     if q.device.type != "cpu" or q.dtype == torch.float32:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
     *batch, L, d = q.shape
