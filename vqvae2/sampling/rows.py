@@ -21,7 +21,7 @@ from .weights import PriorWeights
 # positions unrolled into one compiled call (compile time grows with the unrolled length) ...
 COMPILE_CHUNK = 8
 # ... and at most this many gated units unrolled into one call (positions x units): a deep prior takes
-# fewer positions per call (docs/sampling.md has the compile and sampling times behind both numbers)
+# fewer positions per call (compile time grows with the unrolled graph; docs/sampling.md)
 COMPILE_UNIT_STEPS = 64
 
 
