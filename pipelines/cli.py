@@ -75,6 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vqvae2", description="VQ-VAE-2 pipeline: train, sample, evaluate.")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    _add_stage_commands(sub)
+    _add_generation_commands(sub)
+    _add_tool_commands(sub)
+    return parser
+
+
+def _add_stage_commands(sub) -> None:
+    """run, and the command of each stage."""
     p = sub.add_parser("run", help="run every stage, skipping the ones already done for this config")
     _add_common(p)
     p.add_argument("--force", action="store_true", help="redo every stage")
@@ -117,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference-stats", type=Path, help="an .npz from `vqvae2 fid-stats`, used instead of "
                    "the real images' features (refused when made with another extractor or weights)")
 
+
+def _add_generation_commands(sub) -> None:
+    """vary (sample is a stage)."""
     p = sub.add_parser("vary", help="keep an image's codes at one level and above, resample the levels below")
     _add_common(p, preset=False)
     p.add_argument("--image", type=Path, required=True, help="an image file (resized and cropped to the model's size)")
@@ -128,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the run's classifier's prediction)")
     p.add_argument("--out", type=Path, help="the grid to write (default RUN/vary/<image>-keep-<level>.png)")
 
+
+def _add_tool_commands(sub) -> None:
+    """Commands around a run: data preparation, reference statistics, export, status."""
     p = sub.add_parser("prepare-data", help="decode an image folder once into the prepared-data cache")
     p.add_argument("--run-dir", type=Path, help="a run (its configuration)")
     p.add_argument("--preset", help=f"a preset name ({', '.join(preset_names())}) or a .toml file")
@@ -165,7 +179,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="every stage of a run: done, in progress, not started or stale; the next command")
     p.add_argument("--run-dir", required=True, type=Path, help="the run directory (read only)")
     p.add_argument("--json", action="store_true", help="print the status as JSON")
-    return parser
 
 
 def init_processes() -> None:
@@ -377,7 +390,7 @@ def _config_without_run(args, run: RunDir | None, overrides: list[str], command:
 
 
 def _prepare_data(args, run: RunDir | None, overrides: list[str]) -> int:
-    from .data import build_datasets
+    from .datasets import build_datasets
     cfg = _config_without_run(args, run, overrides, "prepare-data", {"data.prepare": True})
     if cfg.data.name != "folder":
         raise ValueError(f"prepare-data prepares image folders (data.name='folder'); {cfg.data.name!r} needs no "

@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
 import torch
 import torch_fidelity
 from accelerate import PartialState
@@ -26,7 +25,7 @@ from vqvae2.vqvae import VQVAE2
 
 from .artifacts import RunDir, hash_config, save_png, write_json
 from .config import PipelineConfig
-from .data import build_datasets
+from .datasets import build_datasets
 from .images import grid_image, to_uint8
 from .sample import generate_to_store, sample_labels
 from .sample import stage_hash as samples_hash
@@ -81,7 +80,7 @@ def fid_stats(cfg: PipelineConfig, run: RunDir | None, out: Path, split: str = "
     spec = extractor_spec(cfg, run)
     device = PartialState().device
     if folder is not None:
-        from .data import ImageFolderDataset, list_image_files
+        from .datasets import ImageFolderDataset, list_image_files
         dataset = ImageFolderDataset(list_image_files(folder), [], [], cfg.data.size, cfg.data.skip_bad_files,
                                      str(folder))
         dataset.labels = [-1] * len(dataset.files)
@@ -188,20 +187,8 @@ def evaluate(cfg: PipelineConfig, run: RunDir) -> dict | None:
                  grid_image(store.images(_grid_indices(idx, labels, nrow)), nrow=nrow))
 
     # 4. the upper bound: real validation images through the VQ-VAE (rFID against the same reference, and PSNR)
-    psnr = PSNR()
-    recon_feats = net.extract(_progress(reconstructions(vqvae, image_batches(val_set, e.n_real, e.batch_size), device,
-                                                        psnr), "features of reconstructions"), e.batch_size)
-    recon = metrics_from_features(recon_feats, real, spec, kid_subset_size=min(e.kid_subset_size, len(recon_feats),
-                                                                               n_real), seed=e.seed,
-                                  fd_resamples=e.fd_resamples)
-    recon["psnr"] = psnr.value()
-    rejection = {"rejection": "none: the data has no class labels, so there is no classifier to reject with"} \
-        if reject_net is None else dict(
-            mean_classifier_prob_of_kept={f"{r:g}": p for r, p in accepted_probs.items()},
-            rejection_classifier=str(dirs.get("rejection", dirs["features"]).relative_to(run.root)),
-            rejection_classifier_hash=weights_hash(reject_net),
-            rejection_is_feature_network=e.rejection_classifier == "same",
-            rejection_classifier_mixup=cfg.train_classifier.rejection_mixup if "rejection" in dirs else 0.0)
+    recon, n_recon = _reconstruction(vqvae, val_set, net, real, spec, e, device)
+    rejection = _rejection_provenance(cfg, run, reject_net, dirs, accepted_probs)
     report = build_report(
         by_rate, recon, warnings=_warnings(e.n_samples, spec, reference, reject_net is None, e.acceptance_rates),
         config_hash=eval_hash(cfg, run), seed=e.seed, n_candidates=n_cand, acceptance_rates=rates,
@@ -209,21 +196,47 @@ def evaluate(cfg: PipelineConfig, run: RunDir) -> dict | None:
                    else f"validation images ({n_real})"),
         reference_split=(reference.source or f"statistics file {e.reference_stats}") if reference is not None
         else f"{cfg.data.name} val split at {cfg.data.size} px, {n_real} images",
-        n_samples=e.n_samples, n_reconstructed=len(recon_feats),
+        n_samples=e.n_samples, n_reconstructed=n_recon,
         **rejection,
         feature_network=str(dirs["features"].relative_to(run.root)) if e.feature_extractor == "domain" else "inception",
         class_conditional=n_classes > 0, temperature=e.temperature, sampler=cfg.sample.sampler,
         torch_fidelity_version=torch_fidelity.__version__,
     )
     write_report(run.eval, report)
+    _plot(run, report)
+    write_json(run.eval / "metrics.json", {"config_hash": eval_hash(cfg, run), "fd_label": report["fd_label"]})
+    store.remove()  # the candidates can be drawn again from (seed, batch); the report is what stays
+    return report
+
+
+def _reconstruction(vqvae: VQVAE2, val_set, net: FeatureExtractor, real, spec: ExtractorSpec, e, device):
+    """The metrics of the validation images' reconstructions against the same reference, with their PSNR."""
+    psnr = PSNR()
+    feats = net.extract(_progress(reconstructions(vqvae, image_batches(val_set, e.n_real, e.batch_size), device, psnr),
+                                  "features of reconstructions"), e.batch_size)
+    n_real = real.n if isinstance(real, ReferenceStats) else len(real)
+    recon = metrics_from_features(feats, real, spec, kid_subset_size=min(e.kid_subset_size, len(feats), n_real),
+                                  seed=e.seed, fd_resamples=e.fd_resamples)
+    recon["psnr"] = psnr.value()
+    return recon, len(feats)
+
+
+def _rejection_provenance(cfg: PipelineConfig, run: RunDir, reject_net, dirs: dict, accepted_probs: dict) -> dict:
+    if reject_net is None:
+        return {"rejection": "none: the data has no class labels, so there is no classifier to reject with"}
+    return dict(mean_classifier_prob_of_kept={f"{r:g}": p for r, p in accepted_probs.items()},
+                rejection_classifier=str(dirs.get("rejection", dirs["features"]).relative_to(run.root)),
+                rejection_classifier_hash=weights_hash(reject_net),
+                rejection_is_feature_network=cfg.eval.rejection_classifier == "same",
+                rejection_classifier_mixup=cfg.train_classifier.rejection_mixup if "rejection" in dirs else 0.0)
+
+
+def _plot(run: RunDir, report: dict) -> None:
     rows = report["rows"]
     plot_tradeoff(run.eval / "tradeoff.png", [r["acceptance_rate"] for r in rows], [r["fd"] for r in rows],
                   [r["precision"] for r in rows], [r["recall"] for r in rows], report["fd_label"],
                   fd_ci=[r["fd_ci"] for r in rows], kid_mean=[r["kid_mean"] for r in rows],
                   kid_std=[r["kid_std"] for r in rows], fd_infinity=[r["fd_infinity"] for r in rows])
-    write_json(run.eval / "metrics.json", {"config_hash": eval_hash(cfg, run), "fd_label": report["fd_label"]})
-    store.remove()  # the candidates can be drawn again from (seed, batch); the report is what stays
-    return report
 
 
 def _warnings(n_samples: int, spec: ExtractorSpec, reference: ReferenceStats | None, unlabelled: bool,
