@@ -1,10 +1,12 @@
-"""The `vqvae2` console script. A command that would write a run directory another process is writing is
-refused here, before torch is imported (importing it takes most of a second or more); everything else
-goes on to pipelines.cli."""
+"""The `vqvae2` console script. What can be refused without torch is refused here, before torch is imported
+(importing it takes most of a second or more): a command that would write a run directory another process
+is writing, and a preset with overrides that do not resolve (a misspelled key). Everything else goes on to
+pipelines.cli, which checks all of it again."""
 from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from .runlock import RunDirBusy, RunLock
@@ -14,13 +16,24 @@ from .runlock import RunDirBusy, RunLock
 LOCK_FREE = ("status", "export", "fid-stats", "prepare-data")
 
 
-def _run_dir(argv: list[str]) -> str | None:
+# commands that resolve a preset from --preset and --set before they train
+CONFIGURED = ("run", "train-vqvae")
+
+
+def _values(argv: list[str], flag: str) -> list[str]:
+    """Every value given to `flag` (`--flag V` or `--flag=V`), in order."""
+    out = []
     for i, arg in enumerate(argv):
-        if arg == "--run-dir" and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith("--run-dir="):
-            return arg.split("=", 1)[1]
-    return None
+        if arg == flag and i + 1 < len(argv):
+            out.append(argv[i + 1])
+        elif arg.startswith(flag + "="):
+            out.append(arg.split("=", 1)[1])
+    return out
+
+
+def _run_dir(argv: list[str]) -> str | None:
+    found = _values(argv, "--run-dir")
+    return found[0] if found else None
 
 
 def busy_refusal(argv: list[str]) -> str | None:
@@ -40,9 +53,26 @@ def busy_refusal(argv: list[str]) -> str | None:
     return None
 
 
+def config_refusal(argv: list[str]) -> str | None:
+    """The one-line error when the command's --preset and --set overrides do not resolve, else None."""
+    if not argv or argv[0] not in CONFIGURED or {"-h", "--help"} & set(argv):
+        return None
+    presets = _values(argv, "--preset")
+    if not presets:
+        return None
+    from .config import resolve_config  # no torch
+    try:
+        with warnings.catch_warnings():  # notes are printed once, by the full command
+            warnings.simplefilter("ignore")
+            resolve_config(presets[-1], _values(argv, "--set"))
+    except ValueError as e:
+        return f"vqvae2 {argv[0]}: error: {e}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    refusal = busy_refusal(args)
+    refusal = busy_refusal(args) or config_refusal(args)
     if refusal is not None:
         print(refusal, file=sys.stderr)
         return 2

@@ -12,10 +12,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from eval.classifier import ClassifierConfig
+from eval.config import ClassifierConfig
 from vqvae2.config import PixelSNAILConfig, VQVAEConfig, _check, from_dict, level_names, to_dict, unknown_key_error
 
-from .data import DataConfig
+from .datasets.config import DataConfig
 
 # the trackers accelerate 1.x supports (accelerate.utils.LoggerType, less "all"); each is also its package's name
 TRACKERS = ("tensorboard", "wandb", "trackio", "comet_ml", "aim", "mlflow", "clearml", "dvclive", "swanlab")
@@ -40,7 +40,7 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 0  # DataLoader worker processes: 0 = chosen per dataset (image folders: min(8, cores)), -1 = none
     val_batches: int = 0  # 0 = the whole validation split
-    # watching a run (README, "Watching a run"); none of these changes the trained weights
+    # watching a run (docs/configuration.md, "Watching a run"); none of these changes the trained weights
     val_every: int = 0  # a validation point in metrics.jsonl every N steps; 0 = only the final evaluation
     image_every: int = 0  # a progress picture every N steps (VQ-VAE and priors); 0 = none
     log_with: str = ""  # accelerate trackers, comma-separated ("tensorboard", "wandb", ...); "" = none
@@ -79,7 +79,7 @@ class ClassifierTrainConfig(TrainConfig):
 
     # mixup (Zhang et al., 2018) for the rejection classifier only: each image is blended with another of
     # the batch, weight ~ Beta(a, a), and the labels in the same proportion. Its probabilities saturate
-    # less, and on fashion32 rejection then raises k-NN precision (README, "Stage 3"). 0 = cross-entropy.
+    # less, and on fashion32 rejection then raises k-NN precision (docs/results.md, "Stage 3"). 0 = cross-entropy.
     rejection_mixup: float = 0.4
 
     def __post_init__(self) -> None:

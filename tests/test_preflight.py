@@ -105,3 +105,27 @@ def test_fp16_without_a_gpu_is_refused_naming_the_section_that_sets_it(tmp_path)
     cfg = resolve_config("demo", ["train_prior.mixed_precision='fp16'", "prior.top.train.mixed_precision='bf16'"])
     with pytest.raises(PreflightError, match=r"train_prior\.mixed_precision"):  # the bottom prior still uses it
         _check_precision(cfg, ["priors"])
+
+
+def test_a_misspelled_key_fails_before_torch_is_imported(tmp_path, capsys):
+    """`vqvae2 run --preset demo --set prior.top.chanels=16` (the console script) -> the full command's one line,
+    naming the key and the closest valid ones, before torch is imported and before anything is made"""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from pipelines.cli import main
+    from pipelines.command import config_refusal
+    repo = Path(__file__).resolve().parents[1]
+    run = tmp_path / "run"
+    argv = ["run", "--preset", "demo", "--run-dir", str(run), "--set", "prior.top.chanels=16"]
+    script = "import sys; from pipelines.command import main; code = main(sys.argv[1:]); print(code, 'torch' in sys.modules)"
+    probe = subprocess.run([sys.executable, "-c", script, *argv], cwd=repo, capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": str(repo)})
+    assert probe.stdout.split() == ["2", "False"], probe.stdout + probe.stderr
+    assert "unknown key 'prior.top.chanels'; did you mean 'channels'" in probe.stderr
+    assert main(argv) == 2 and capsys.readouterr().err.strip() == probe.stderr.strip()  # the same line as the full CLI
+    assert not run.exists()
+    assert config_refusal(["run", "--preset", "demo", "--set", "prior.top.channels=16"]) is None
+    assert config_refusal(["sample", "--run-dir", str(run)]) is None  # no preset: the full command checks

@@ -10,29 +10,36 @@ object has ``channels`` (1 or 3), ``num_classes`` (0 when unlabelled) and ``clas
 """
 from __future__ import annotations
 
-from torch.utils.data import Dataset
+import importlib
 
-from .arrays import ArrayImageDataset, label_tensor, to_tensor
-from .cache import PreparedArrays
-from .cifar10 import CIFAR10_CLASSES, build_cifar10, download_cifar10, read_cifar10_bin
-from .config import DATASET_NAMES, DataConfig, DataError
-from .fashion_mnist import FASHION_MNIST_CLASSES, FASHION_MNIST_DEFAULT_ROOT, build_fashion_mnist, read_idx
-from .faces import FACE_CLASS_NAMES, RENDERER_VERSION, face_attributes, render_face
-from .folder import (IMAGE_EXTENSIONS, ImageFolderDataset, build_folder, folder_class_names, list_image_files,
-                     load_image_rgb, resize_center_crop)
-from .synthetic import VAL_INDEX_OFFSET, SyntheticFaces
-
-__all__ = [
-    "DATASET_NAMES", "DataConfig", "DataError", "build_datasets", "SyntheticFaces", "ArrayImageDataset",
-    "ImageFolderDataset", "PreparedArrays", "render_face", "face_attributes", "read_idx", "read_cifar10_bin",
-    "download_cifar10", "folder_class_names", "list_image_files", "load_image_rgb", "resize_center_crop", "to_tensor", "label_tensor",
-    "FACE_CLASS_NAMES", "RENDERER_VERSION", "VAL_INDEX_OFFSET", "FASHION_MNIST_CLASSES",
-    "FASHION_MNIST_DEFAULT_ROOT", "CIFAR10_CLASSES", "IMAGE_EXTENSIONS",
-]
+# name -> the submodule that defines it: imported on first use, so that the torch-free parts (the data's
+# configuration, which the pipeline's configuration checks before any work) load without torch
+_HOME = {
+    "ArrayImageDataset": "arrays", "label_tensor": "arrays", "to_tensor": "arrays", "PreparedArrays": "cache",
+    "CIFAR10_CLASSES": "cifar10", "build_cifar10": "cifar10", "download_cifar10": "cifar10",
+    "read_cifar10_bin": "cifar10", "DATASET_NAMES": "config", "DataConfig": "config", "DataError": "config",
+    "FASHION_MNIST_CLASSES": "fashion_mnist", "FASHION_MNIST_DEFAULT_ROOT": "fashion_mnist",
+    "build_fashion_mnist": "fashion_mnist", "read_idx": "fashion_mnist", "FACE_CLASS_NAMES": "faces",
+    "RENDERER_VERSION": "faces", "face_attributes": "faces", "render_face": "faces", "IMAGE_EXTENSIONS": "folder",
+    "ImageFolderDataset": "folder", "build_folder": "folder", "folder_class_names": "folder",
+    "list_image_files": "folder", "load_image_rgb": "decode", "resize_center_crop": "decode",
+    "VAL_INDEX_OFFSET": "synthetic", "SyntheticFaces": "synthetic",
+}
+__all__ = ["build_datasets", *_HOME]
 
 
-def build_datasets(cfg: DataConfig) -> tuple[Dataset, Dataset]:
-    """Return the ``(train, val)`` datasets described by ``cfg``."""
+def __getattr__(name: str):
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)
+
+
+def build_datasets(cfg):
+    """Return the ``(train, val)`` datasets described by ``cfg`` (a DataConfig)."""
+    from .cifar10 import build_cifar10
+    from .fashion_mnist import build_fashion_mnist
+    from .folder import build_folder
+    from .synthetic import SyntheticFaces
     if cfg.name == "synthetic-faces":
         cache, workers = cfg.cache_root(), cfg.worker_count()
         return (
