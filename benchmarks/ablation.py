@@ -1,4 +1,4 @@
-"""VQ-VAE (2017) against VQ-VAE-2 on fashion32: does a hierarchy of codes give better samples? (issue 15)
+"""VQ-VAE (2017) against VQ-VAE-2 on fashion32: does a hierarchy of codes give better samples?
 
     python benchmarks/ablation.py --out bench-out/ablation.json [--root bench-out/ablation]
 

@@ -1,4 +1,4 @@
-"""How far can bf16 speed up a training step here? The convolutions' own fp32/bf16 ratio (issue 13).
+"""How far can bf16 speed up a training step here? The convolutions' own fp32/bf16 ratio.
 
     python benchmarks/conv_ceiling.py --out bench-out/conv_ceiling.json [--models vqvae,prior-top,prior-bottom]
 

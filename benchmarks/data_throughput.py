@@ -1,5 +1,5 @@
 """Images per second delivered to the training loop: an image folder decoded per step against the
-prepared-data cache (issue 12).
+prepared-data cache.
 
     python benchmarks/data_throughput.py --out bench-out/data_throughput.json [--n 2000] [--keep DIR]
 

@@ -1,5 +1,5 @@
 """The faces128 pipeline end to end: 128-px synthetic faces, three levels (8x8, 16x16, 32x32 codes),
-three priors, classifier, rejection sampling, evaluation (issue 11).
+three priors, classifier, rejection sampling, evaluation.
 
     python benchmarks/faces128.py --out bench-out/faces128.json [--run-dir bench-out/faces128]
         [--grid docs/faces128_samples.png] [--recon-grid docs/faces128_recon.png] [--vary-grid docs/faces128_vary.png]
@@ -11,7 +11,7 @@ JSON of the run that made it, if there is one). `--resume` goes on with an inter
 finished stage's time is kept in `bench-seconds.json` in the run directory, finished stages are not
 run again, and the interrupted stage resumes from its last checkpoint; its time is the resumed part
 plus the part before the interruption (give it with `--seconds-before NAME=SECONDS`, e.g. from the
-checkpoint's file time), and the JSON records that the run was resumed. Targets (issue 11): every level uses >= 90% of
+checkpoint's file time), and the JSON records that the run was resumed. Targets: every level uses >= 90% of
 its codebook; recon_psnr >= 26 dB; each prior's validation NLL >= 1 bit below its level's
 unigram entropy (validation codes); FD-domain and precision better at acceptance 0.1 than at 1.0;
 total_seconds <= 5400.

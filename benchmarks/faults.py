@@ -1,4 +1,4 @@
-"""The fault-injection and bad-input report (issue 6): runs the tests marked `reliability` and
+"""The fault-injection and bad-input report: runs the tests marked `reliability` and
 prints one table row per case, "<fault or bad input> -> <what happens>", with its outcome.
 
     python benchmarks/faults.py [--out bench-out/faults.json]

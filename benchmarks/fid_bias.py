@@ -1,5 +1,5 @@
 """How much does a Frechet distance depend on the number of samples? FD-domain of fashion32 samples
-at n = 1k, 5k, 10k, 50k against the 10,000 test images (issue 10).
+at n = 1k, 5k, 10k, 50k against the 10,000 test images.
 
     python benchmarks/fid_bias.py --out bench-out/fid_bias.json [--run-dir bench-out/fashion32]
 

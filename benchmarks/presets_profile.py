@@ -1,4 +1,4 @@
-"""What the full-size presets cost: seconds per training step and peak memory of each stage (issue 12).
+"""What the full-size presets cost: seconds per training step and peak memory of each stage.
 
     python benchmarks/presets_profile.py --out bench-out/presets_profile.json [--presets ffhq256,ffhq1024,imagenet256]
 

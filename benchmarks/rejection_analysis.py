@@ -1,4 +1,4 @@
-"""Which rejection network raises precision? A cheap look inside stage 3 (issue 5).
+"""Which rejection network raises precision? A cheap look inside stage 3.
 
     python benchmarks/rejection_analysis.py --out bench-out/rejection_analysis.json \\
         --classifier mixup0.4=bench-out/fashion32/classifier/rejection --classifier ce=OTHER_RUN/classifier/rejection

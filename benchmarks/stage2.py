@@ -1,4 +1,4 @@
-"""Stage-2 benchmark: the fashion32 PixelSNAIL priors, 2,000 steps each at batch 128 (issue 3).
+"""Stage-2 benchmark: the fashion32 PixelSNAIL priors, 2,000 steps each at batch 128.
 
     python benchmarks/stage1.py --out bench-out/stage1.json      # first: the VQ-VAE
     python benchmarks/stage2.py --out bench-out/stage2.json [--run-dir bench-out/fashion32]

@@ -1,4 +1,4 @@
-"""Stage-3 benchmark: rejection sampling and FD-domain / KID / precision / recall on fashion32 (issue 5).
+"""Stage-3 benchmark: rejection sampling and FD-domain / KID / precision / recall on fashion32.
 
     python benchmarks/stage1.py --out bench-out/stage1.json     # the VQ-VAE
     python benchmarks/stage2.py --out bench-out/stage2.json     # codes and priors

@@ -1,4 +1,4 @@
-"""Several processes on CPU (gloo) through `accelerate launch` (issue 6)."""
+"""Several processes on CPU (gloo) through `accelerate launch`."""
 import json
 import os
 import subprocess

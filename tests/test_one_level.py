@@ -1,4 +1,4 @@
-"""The original one-level VQ-VAE (issue 15): configs that reshape a preset, and a run through every stage."""
+"""The original one-level VQ-VAE: configs that reshape a preset, and a run through every stage."""
 import json
 
 import numpy as np

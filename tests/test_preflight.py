@@ -1,4 +1,4 @@
-"""`vqvae2 run` checks before its first training step that every stage it will run can run (issue 12),
+"""`vqvae2 run` checks before its first training step that every stage it will run can run,
 and unlabelled folders (FFHQ, CelebA-HQ) run end to end: unconditional priors, no classifier, no rejection."""
 import json
 

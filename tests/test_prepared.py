@@ -1,4 +1,4 @@
-"""Image folders prepared once into a memory-mapped array (issue 12)."""
+"""Image folders prepared once into a memory-mapped array."""
 import os
 import time
 

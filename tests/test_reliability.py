@@ -1,4 +1,4 @@
-"""Faults survived and bad inputs refused (issue 6). Each test's docstring is one row of the table
+"""Faults survived and bad inputs refused. Each test's docstring is one row of the table
 printed by benchmarks/faults.py: "<fault or bad input> -> <what happens>"."""
 import json
 import os

@@ -1,4 +1,4 @@
-"""Watching a run (issue 14): validation points, curves.png, progress pictures, trackers, `vqvae2 status`."""
+"""Watching a run: validation points, curves.png, progress pictures, trackers, `vqvae2 status`."""
 import importlib.util
 import json
 import os
