@@ -30,7 +30,7 @@ def make_stage(cfg: PipelineConfig, run: RunDir, stage: Stage, force: bool = Fal
     if stage.restart and (force or (stage.directory(run) / stage.summary).exists()):
         shutil.rmtree(stage.directory(run), ignore_errors=True)
     summary = stage.make(cfg, run, **options)
-    if summary is not None:
+    if summary:  # None or empty on the ranks that wrote no summary
         line, _ = stage.describe(cfg, run, summary)
         _log(f"[{stage.name}] {line} -> {stage.directory(run)}")
         if stage.name == "eval":
