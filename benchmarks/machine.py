@@ -81,3 +81,15 @@ def describe(calibrated: bool = True) -> dict:
 
 if __name__ == "__main__":
     print(json.dumps(describe(), indent=2))
+
+
+def median_seconds(fn, repeats: int, warmup: int = 3) -> float:
+    """The median of `repeats` timings of fn() after `warmup` calls: what every speed figure here reports."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)

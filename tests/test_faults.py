@@ -12,7 +12,8 @@ from pipelines.artifacts import RunDir
 from pipelines.cli import main
 from pipelines.status import DONE, run_status
 
-from conftest import TINY_EVAL, TINY_PRIORS, folder_overrides, make_image_folder
+from conftest import finished_run
+
 
 pytestmark = pytest.mark.reliability
 
@@ -21,13 +22,7 @@ ARRAYS = (".safetensors", ".npy", ".npz")
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-    root = tmp_path_factory.mktemp("faults")
-    run = root / "run"
-    argv = ["run", "--preset", "demo", "--run-dir", str(run)]
-    for o in [*folder_overrides(make_image_folder(root / "images", n_per_class=20)), *TINY_PRIORS, *TINY_EVAL]:
-        argv += ["--set", o]
-    assert main(argv) == 0
-    return run
+    return finished_run(tmp_path_factory.mktemp("faults"))
 
 
 def _kinds(run):

@@ -11,18 +11,12 @@ from pipelines.config import config_from_dict, resolve_config
 from pipelines.stages import GROUPS, groups_until, pipeline_stages, stage_named
 from pipelines.status import DONE, run_status
 
-from conftest import TINY_EVAL, TINY_PRIORS, folder_overrides, make_image_folder
+from conftest import finished_run
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-    root = tmp_path_factory.mktemp("stages")
-    run = root / "run"
-    argv = ["run", "--preset", "demo", "--run-dir", str(run)]
-    for o in [*folder_overrides(make_image_folder(root / "images", n_per_class=20)), *TINY_PRIORS, *TINY_EVAL]:
-        argv += ["--set", o]
-    assert main(argv) == 0
-    return run
+    return finished_run(tmp_path_factory.mktemp("stages"))
 
 
 def _agree(run, capsys, only=None) -> dict:
