@@ -105,7 +105,9 @@ def _add_stage_commands(sub) -> None:
     p.add_argument("--n", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--temperature", type=float)
-    p.add_argument("--top-k", type=int)
+    p.add_argument("--top-k", type=int, help="sample among the k most probable codes (0 = off)")
+    p.add_argument("--top-p", type=float, help="nucleus sampling: among the most probable codes whose "
+                   "probabilities reach p in sum (0 = off)")
     p.add_argument("--class", dest="class_label", type=int, help="class index for class-conditional priors")
     p.add_argument("--seed", type=int)
     p.add_argument("--sampler", choices=["cached", "compiled", "reference"])
@@ -362,7 +364,7 @@ def _export(args, run: RunDir) -> int:
 # flag -> configuration field, per command: the flag's value (already typed by argparse) is set as it is
 FLAG_FIELDS = {
     "sample": {"n": "sample.n", "batch_size": "sample.batch_size", "temperature": "sample.temperature",
-               "top_k": "sample.top_k", "class_label": "sample.class_label", "seed": "sample.seed",
+               "top_k": "sample.top_k", "top_p": "sample.top_p", "class_label": "sample.class_label", "seed": "sample.seed",
                "sampler": "sample.sampler", "format": "sample.format"},
     "evaluate": {"feature_extractor": "eval.feature_extractor", "inception_weights": "eval.inception_weights",
                  "n_samples": "eval.n_samples", "reference_stats": "eval.reference_stats"},

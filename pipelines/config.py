@@ -112,6 +112,7 @@ class SampleConfig:
     batch_size: int = 64
     temperature: float | list[float] = 1.0  # one for every level, or a list: one per level, top first
     top_k: int = 0  # 0 = no top-k filtering
+    top_p: float = 0.0  # nucleus sampling: the most probable codes whose mass reaches top_p; 0 = off
     seed: int = 0
     sampler: str = "cached"  # "cached", "compiled" (the cached sampler through torch.compile) or "reference"
     class_label: int = -1  # -1 = spread samples over all classes (labelled data) or unconditional
@@ -123,6 +124,8 @@ class SampleConfig:
         _check(self.batch_size >= 1, f"sample.batch_size must be >= 1, got {self.batch_size}")
         check_temperature(self.temperature, "sample.temperature")
         _check(self.top_k >= 0, f"sample.top_k must be >= 0, got {self.top_k}")
+        _check(isinstance(self.top_p, (int, float)) and 0 <= self.top_p <= 1,
+               f"sample.top_p must be in [0, 1] (0 = off), got {self.top_p!r}")
         _check(self.class_label >= -1, f"sample.class_label must be -1 (all classes) or a class index >= 0, "
                                        f"got {self.class_label}")
         check_seed(self.seed, "sample.seed")
@@ -292,7 +295,7 @@ ADDED_LATER: dict[str, dict[str, Any]] = {
     **{section: {"channels_last": True} for section in ("train_vqvae", "train_prior", "train_classifier")},
     "data": {"cache": True, "cache_dir": "", "workers": 0},
     "vqvae": {"quantizer": "ema", "level_dropout": 0.0},
-    "sample": {"format": "npz"},
+    "sample": {"format": "npz", "top_p": 0.0},
     "eval": {"reference_stats": "", "resize": "torch-fidelity", "fd_resamples": 100},
 }
 

@@ -43,6 +43,31 @@ def test_pipeline_equals_vqvae2_sample_for_the_same_seed(run):
         assert np.array_equal(out.labels.numpy(), saved["labels"])
 
 
+def test_nucleus_sampling_from_the_command_and_from_python(run):
+    """`vqvae2 sample --top-p 0.7` -> samples.npz equal to pipe(..., top_p=0.7), recorded in samples/metrics.json;
+    other samples than without it; a top-p of 0 is off (the stage hash of a run without it is unchanged)"""
+    import json
+
+    from pipelines.artifacts import RunDir
+    from pipelines.config import config_from_dict
+    from pipelines.sample import stage_hash
+    cfg = json.loads((run / "config.json").read_text())
+    before = stage_hash(config_from_dict(cfg), RunDir(run))
+    assert stage_hash(config_from_dict(cfg, ["sample.top_p=0.0"]), RunDir(run)) == before
+    argv = ["sample", "--run-dir", str(run), "--n", "6", "--batch-size", "3", "--seed", "2", "--top-p", "0.7"]
+    assert main(argv) == 0
+    saved = np.load(run / "samples" / "samples.npz")
+    assert json.loads((run / "samples" / "metrics.json").read_text())["top_p"] == 0.7
+    pipe = Pipeline.from_pretrained(run, device="cpu")
+    out = pipe(6, seed=2, batch_size=3, top_p=0.7, output="uint8")
+    assert np.array_equal(out.images.permute(0, 2, 3, 1).numpy(), saved["arr_0"])
+    plain = pipe(6, seed=2, batch_size=3, top_p=0, output="uint8")
+    assert not all(torch.equal(a, b) for a, b in zip(plain.codes, out.codes))
+    assert main(["sample", "--run-dir", str(run), "--top-p", "1.5"]) == 2  # refused, and not saved
+    assert json.loads((run / "config.json").read_text())["sample"]["top_p"] == 0.7
+    (run / "config.json").write_text(json.dumps(cfg))  # the other tests sample with the run's own settings
+
+
 def test_one_batch_equals_the_models_used_by_hand(run, pipe):
     """pipe(n, seed=s, batch_size=n) == sample_hierarchy with generator seed s * 1_000_003 + 0, decoded, (x + 1) * 127.5 rounded; the labels spread over the classes"""
     vqvae = VQVAE2.from_pretrained(run / "vqvae").eval()

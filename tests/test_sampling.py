@@ -11,24 +11,28 @@ N_CLASSES = 3
 
 
 def priors(cond_upsample="nearest"):
-    """Top (2x3, 7 codes) and bottom (4x6, 9 codes) priors, both with attention and classes."""
+    """Top (2x3, 7 codes) and bottom (4x6, 9 codes) priors, both with attention and classes, and a "no label"
+    class (label dropout) for classifier-free guidance."""
     torch.manual_seed(0)
     common = dict(channels=8, n_blocks=2, attention_blocks=[0, 1], n_heads=2, dropout=0.2,
-                  n_classes=N_CLASSES, cond_channels=4, n_cond_res=1)
+                  n_classes=N_CLASSES, label_dropout=0.2, cond_channels=4, n_cond_res=1)
     top = PixelSNAIL(PixelSNAILConfig(codebook_size=7, height=2, width=3, n_res_per_block=1, **common))
     bottom = PixelSNAIL(PixelSNAILConfig(codebook_size=9, height=4, width=6, n_res_per_block=2, kernel_size=5,
                                          cond_shapes=[[7, 2, 3]], cond_upsample=cond_upsample, **common))
     return [top, bottom]
 
 
-@pytest.mark.parametrize("temperature,top_k,cond_upsample",
-                         [(1.0, None, "nearest"), (0.6, 3, "nearest"), (1.7, 1, "nearest"), (1.0, None, "learned")])
-def test_cached_equals_reference_over_a_hierarchy(temperature, top_k, cond_upsample):
+@pytest.mark.parametrize("temperature,top_k,top_p,guidance,cond_upsample",
+                         [(1.0, None, None, None, "nearest"), (0.6, 3, None, None, "nearest"),
+                          (1.7, 1, None, None, "nearest"), (1.0, None, None, None, "learned"),
+                          (1.3, None, [0.5, 0.8], None, "nearest"), (0.8, 4, 0.9, None, "nearest"),
+                          (1.0, None, None, 3.0, "nearest"), (0.7, None, 0.9, [0.0, 2.0], "learned")])
+def test_cached_equals_reference_over_a_hierarchy(temperature, top_k, top_p, guidance, cond_upsample):
     levels = priors(cond_upsample)
     labels = torch.tensor([0, 1, 2, 1, 0])
     run = lambda sampler: sample_hierarchy(
-        levels, 5, labels=labels, temperature=temperature, top_k=top_k, sampler=sampler,
-        generator=torch.Generator().manual_seed(3), batch_size=3)
+        levels, 5, labels=labels, temperature=temperature, top_k=top_k, top_p=top_p, guidance=guidance,
+        sampler=sampler, generator=torch.Generator().manual_seed(3), batch_size=3)
     ref, cached = run("reference"), run("cached")
     assert [c.shape for c in cached] == [(5, 2, 3), (5, 4, 6)]
     for a, b in zip(ref, cached):
@@ -78,8 +82,9 @@ def test_compiled_equals_reference_over_a_hierarchy(monkeypatch, threads):
     levels = priors()
     n = 5 if threads == 1 else 4
     labels = torch.tensor([0, 1, 2, 1, 0])[:n]
-    run = lambda sampler, **kw: sample_hierarchy(levels, n, labels=labels, temperature=0.6, top_k=3,
-                                                 sampler=sampler, generator=torch.Generator().manual_seed(3), **kw)
+    run = lambda sampler, **kw: sample_hierarchy(levels, n, labels=labels, temperature=0.6, top_k=3, top_p=[None, 0.9],
+                                                 guidance=[2.0, 1.5], sampler=sampler,
+                                                 generator=torch.Generator().manual_seed(3), **kw)
     ref, compiled = run("reference"), run("compiled")
     assert shard_sizes == ([5, 5] if threads == 1 else [2, 2, 2, 2])
     per_level = len(shard_sizes) // 2  # shards of each level
@@ -233,6 +238,56 @@ def test_same_seed_same_codes_and_generator_consumed_identically():
     assert torch.equal(g1.get_state(), g2.get_state())
 
 
+def test_nucleus_keeps_the_most_probable_codes_until_their_mass_reaches_top_p():
+    """Probabilities 0.5, 0.3, 0.15, 0.05: top_p 0.5 keeps one code, 0.6 two, 0.8 two (0.5 + 0.3 reaches it),
+    0.81 three, 1.0 all; the picks never leave the nucleus, and within it follow the renormalised CDF."""
+    from vqvae2.sampling import pick
+    from vqvae2.sampling.controls import nucleus
+    logits = torch.tensor([[0.15, 0.5, 0.05, 0.3]]).log()
+    for top_p, kept in [(0.5, [1]), (0.6, [1, 3]), (0.8, [1, 3]), (0.81, [0, 1, 3]), (1.0, [0, 1, 2, 3])]:
+        assert torch.isfinite(nucleus(logits, top_p)[0]).nonzero().flatten().tolist() == kept, top_p
+    u = torch.linspace(0, 0.999, 1000)
+    codes = pick(logits.expand(1000, 4), u, 1.0, None, 0.6)
+    assert set(codes.tolist()) == {1, 3} and (codes == 1).sum() == 625  # 0.5 / 0.8 of the uniforms
+    tied = torch.tensor([[1.0, 1.0, 0.0]])  # codes tied with the last one kept stay
+    assert torch.isfinite(nucleus(tied, 0.3)).tolist() == [[True, True, False]]
+
+
+def test_guidance_zero_samples_the_no_label_class_and_guidance_pulls_toward_the_label():
+    """Scale 0 gives exactly the codes of sampling with the "no label" class; the guided logits are
+    l_u + s (l_c - l_u) of the teacher-forced forwards with and without the labels"""
+    top, bottom = priors()
+    labels = torch.tensor([2, 0, 1])
+    null = torch.full((3,), top.null_label)
+    assert top.null_label == N_CLASSES
+    run = lambda fn, lab, **kw: fn(top, 3, labels=lab, generator=torch.Generator().manual_seed(6), **kw)
+    assert torch.equal(run(sample_cached, labels, guidance=0.0), run(sample_reference, null))
+    cond = [run(sample_cached, labels)]
+    codes, logits = sample_cached(bottom, 3, cond=cond, labels=labels, guidance=2.5, return_logits=True,
+                                  generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        lc, lu = bottom.eval()(codes, cond, labels), bottom(codes, cond, null)
+    torch.testing.assert_close(logits, lu + 2.5 * (lc - lu), atol=1e-4, rtol=0)
+
+
+def test_label_dropout_replaces_labels_with_the_no_label_class_in_training_only():
+    from vqvae2.config import PixelSNAILConfig
+    torch.manual_seed(0)
+    prior = PixelSNAIL(PixelSNAILConfig(codebook_size=5, height=3, width=3, channels=8, n_blocks=1, n_res_per_block=1,
+                                        attention_blocks=[], dropout=0.0, n_classes=2, label_dropout=0.5))
+    codes, labels = torch.randint(0, 5, (64, 3, 3)), torch.randint(0, 2, (64,))
+    torch.manual_seed(1)
+    trained = prior.train()(codes, labels=labels)
+    torch.manual_seed(1)
+    dropped = labels.masked_fill(torch.rand(64) < 0.5, 2)
+    assert 10 < int((dropped == 2).sum()) < 54
+    with torch.no_grad():
+        assert torch.equal(trained.detach(), prior.eval()(codes, labels=dropped))
+        assert not torch.equal(prior(codes, labels=labels), prior(codes, labels=dropped))  # eval keeps the labels
+    with pytest.raises(ValueError, match="label_dropout"):
+        PixelSNAILConfig(n_classes=0, label_dropout=0.1)
+
+
 def test_sampler_errors():
     top, bottom = priors()
     labels = torch.tensor([0, 1])
@@ -240,6 +295,13 @@ def test_sampler_errors():
         sample_cached(top, 2, labels=labels, temperature=0.0)
     with pytest.raises(ValueError, match="top_k"):
         sample_cached(top, 2, labels=labels, top_k=8)
+    with pytest.raises(ValueError, match="top_p"):
+        sample_reference(top, 2, labels=labels, top_p=0.0)
+    with pytest.raises(ValueError, match="guidance must be"):
+        sample_cached(top, 2, labels=labels, guidance=-1.0)
+    plain = PixelSNAIL(PixelSNAILConfig(codebook_size=7, height=2, width=3, channels=8, n_classes=2, n_heads=2))
+    with pytest.raises(ValueError, match="label dropout"):
+        sample_cached(plain, 2, labels=labels, guidance=2.0)
     with pytest.raises(ValueError, match="class-conditional"):
         sample_cached(top, 2)
     with pytest.raises(ValueError, match="higher level"):

@@ -162,6 +162,9 @@ class PixelSNAILConfig:
     n_heads: int = 4
     dropout: float = 0.1
     n_classes: int = 0  # 0 = unconditional
+    # classifier-free guidance: in training, this fraction of labels is replaced by a learned "no label" class
+    # (index n_classes), so the prior also learns the unconditional distribution
+    label_dropout: float = 0.0
     cond_shapes: list[list[int]] = field(default_factory=list)
     cond_channels: int = 64
     n_cond_res: int = 2
@@ -189,6 +192,9 @@ class PixelSNAILConfig:
                    f"prior.channels ({self.channels}) must be divisible by prior.n_heads ({self.n_heads})")
         _check(0.0 <= self.dropout < 1.0, f"prior.dropout must be in [0, 1), got {self.dropout}")
         _check(self.n_classes >= 0, f"prior.n_classes must be >= 0 (0 = unconditional), got {self.n_classes}")
+        _check(0.0 <= self.label_dropout < 1.0, f"prior.label_dropout must be in [0, 1), got {self.label_dropout}")
+        _check(self.label_dropout == 0 or self.n_classes > 0,
+               f"prior.label_dropout ({self.label_dropout}) needs a class-conditional prior (n_classes > 0)")
         _check(self.n_cond_res >= 0, f"prior.n_cond_res must be >= 0, got {self.n_cond_res}")
         _check(self.cond_upsample in ("nearest", "learned"),
                f"prior.cond_upsample must be 'nearest' or 'learned', got {self.cond_upsample!r}")

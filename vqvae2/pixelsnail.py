@@ -111,6 +111,7 @@ class GatedResidual(nn.Module):
     where extra holds the class embedding and the projected higher-level conditioning."""
 
     def __init__(self, channels: int, kernel_size: int, dropout: float, n_classes: int, cond_in: int):
+        """n_classes counts the "no label" class of a prior trained with label dropout."""
         super().__init__()
         c, k = channels, kernel_size
         self.v_conv = DownShiftedConv(c, c, k // 2 + 1, k)
@@ -221,7 +222,7 @@ class PixelSNAILBlock(nn.Module):
     def __init__(self, cfg: PixelSNAILConfig, attention: bool, cond_in: int):
         super().__init__()
         self.units = nn.ModuleList(
-            GatedResidual(cfg.channels, cfg.kernel_size, cfg.dropout, cfg.n_classes, cond_in)
+            GatedResidual(cfg.channels, cfg.kernel_size, cfg.dropout, cfg.n_classes + (cfg.label_dropout > 0), cond_in)
             for _ in range(cfg.n_res_per_block))
         self.attn = CausalAttention(cfg.channels, cfg.n_heads) if attention else None
 
@@ -256,6 +257,11 @@ class PixelSNAIL(nn.Module, PretrainedMixin):
         self.register_buffer("background", rearrange(grid, "h w two -> 1 (h w) two"), persistent=False)
 
     @property
+    def null_label(self) -> int | None:
+        """The "no label" class (classifier-free guidance), or None when the prior was trained without one."""
+        return self.config.n_classes if self.config.label_dropout > 0 else None
+
+    @property
     def units(self) -> list[GatedResidual]:
         return [u for block in self.blocks for u in block.units]
 
@@ -282,7 +288,7 @@ class PixelSNAIL(nn.Module, PretrainedMixin):
                 raise ValueError(f"this prior is class-conditional (n_classes={cfg.n_classes}): pass labels of shape ({n},)")
             if tuple(labels.shape) != (n,):
                 raise ValueError(f"labels must have shape ({n},), got {tuple(labels.shape)}")
-            self._check_codes(labels, cfg.n_classes, "labels (class indices)")
+            self._check_codes(labels, cfg.n_classes + (self.null_label is not None), "labels (class indices)")
         elif labels is not None:
             raise ValueError("this prior is unconditional (n_classes=0) but labels were given")
 
@@ -303,6 +309,9 @@ class PixelSNAIL(nn.Module, PretrainedMixin):
                 labels: torch.Tensor | None = None) -> torch.Tensor:
         self.check_inputs(codes, cond, labels)
         labels = None if labels is None else labels.long()
+        if self.training and self.null_label is not None:  # classifier-free guidance: drop labels in training
+            drop = torch.rand(labels.shape, device=labels.device) < self.config.label_dropout
+            labels = labels.masked_fill(drop, self.null_label)
         cond_feat = self.cond_features(cond)
         x = rearrange(self.embed(codes.long()), "b h w c -> b c h w")
         v = self.stem_v(x)

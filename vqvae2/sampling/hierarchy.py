@@ -18,29 +18,32 @@ def sample_hierarchy(priors: Sequence[PixelSNAIL], n: int, labels: torch.Tensor 
                      generator: torch.Generator | None = None, sampler: str = "cached",
                      batch_size: int | None = None, progress: bool = False,
                      given: Sequence[torch.Tensor] = (),
-                     weights: Sequence[PriorWeights] | None = None) -> list[torch.Tensor]:
-    """Codes of every level, top first, each (n, H_l, W_l) int64. `temperature` and `top_k` may be given
-    per level. Batches of `batch_size` are sampled one after another (all levels each). `given` holds the
+                     weights: Sequence[PriorWeights] | None = None,
+                     top_p: float | None | Sequence[float | None] = None,
+                     guidance: float | None | Sequence[float | None] = None) -> list[torch.Tensor]:
+    """Codes of every level, top first, each (n, H_l, W_l) int64. `temperature`, `top_k`, `top_p` (nucleus
+    sampling) and `guidance` (classifier-free guidance scale, for class-conditional priors trained with label
+    dropout; unconditional levels sample without it) may be given per level. Batches of `batch_size` are sampled one after another (all levels each). `given` holds the
     codes of the first len(given) levels: those are kept and only the levels below are sampled,
     conditioned on them (how `vqvae2 vary` resamples detail). `weights`: each prior's PriorWeights (top
     first), for a caller that samples the same priors many times; built here when not given."""
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {sorted(SAMPLERS)}, got {sampler!r}")
     check_hierarchy(priors)
-    levels = list(zip(priors, per_level(temperature, len(priors), "temperature"),
-                      per_level(top_k, len(priors), "top_k")))[len(given):]
+    levels = list(zip(priors, per_level(temperature, len(priors), "temperature"), per_level(top_k, len(priors), "top_k"),
+                      per_level(top_p, len(priors), "top_p"), per_level(guidance, len(priors), "guidance")))[len(given):]
     batch_size = n if batch_size is None else batch_size
     _check_batch(priors, n, labels, batch_size, given)
     if weights is not None and len(weights) != len(priors):
         raise ValueError(f"weights has {len(weights)} entries but there are {len(priors)} priors")
     # the weights as the incremental samplers read them, built once for all batches
-    built = list(weights)[len(given):] if weights is not None else [PriorWeights(p) for p, _, _ in levels] \
+    built = list(weights)[len(given):] if weights is not None else [PriorWeights(p) for p, *_ in levels] \
         if sampler != "reference" else [None] * len(levels)
     weights = [{} if sampler == "reference" else {"weights": w} for w in built]
     bar = None
     if progress:
         from tqdm.auto import tqdm
-        total = n * sum(p.config.height * p.config.width for p, _, _ in levels)
+        total = n * sum(p.config.height * p.config.width for p, *_ in levels)
         bar = tqdm(total=total, desc="sampling", unit="pos", unit_scale=True)
     out: list[list[torch.Tensor]] = [[] for _ in priors]
     try:
@@ -49,10 +52,11 @@ def sample_hierarchy(priors: Sequence[PixelSNAIL], n: int, labels: torch.Tensor 
             lab = None if labels is None else labels[start:start + m]
             on_row = None if bar is None else (lambda k, m=m: bar.update(k * m))
             codes: list[torch.Tensor] = [c[start:start + m].long() for c in given]
-            for (prior, t, k), kw in zip(levels, weights):
-                codes.append(SAMPLERS[sampler](prior, m, cond=codes or None,
-                                               labels=lab if prior.config.n_classes else None, temperature=t,
-                                               top_k=k, generator=generator, on_row=on_row, **kw))
+            for (prior, t, k, p, s), kw in zip(levels, weights):
+                conditional = prior.config.n_classes > 0
+                codes.append(SAMPLERS[sampler](prior, m, cond=codes or None, labels=lab if conditional else None,
+                                               temperature=t, top_k=k, top_p=p, guidance=s if conditional else None,
+                                               generator=generator, on_row=on_row, **kw))
             for i, c in enumerate(codes):
                 out[i].append(c)
     finally:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from .controls import pick
+from .controls import guided, pick
 from .weights import PriorWeights
 
 # positions unrolled into one compiled call (compile time grows with the unrolled length) ...
@@ -108,10 +108,11 @@ def attend(a: dict, cache: tuple[torch.Tensor, torch.Tensor], h: torch.Tensor, x
 
 def positions(m: dict, hb0, hb1, hb2, h_wins: list[torch.Tensor], x_win: torch.Tensor, x_prev: torch.Tensor,
               caches: dict, pos0: int | torch.Tensor, u: torch.Tensor, temperature: float, top_k: int | None,
-              blocks: tuple[int, ...], n_heads: int, want_logits: bool):
+              top_p: float | None, guidance: float | None, blocks: tuple[int, ...], n_heads: int, want_logits: bool):
     """Sample len(hb0) consecutive positions of one row from raster position pos0. h_wins[i]: silu of unit
     i's h input at the p columns before, x_win the embedded codes there (both (B, p * C), oldest first);
-    x_prev: the embedded code just before.
+    x_prev: the embedded code just before. With `guidance` the batch holds every sample twice, with its label
+    and with "no label": the logits are combined (`guided`) and the code picked is fed to both copies.
     Returns codes (B, n_cols), logits (B, K, n_cols) or None, embedded codes (n_cols, B, C) and the carried
     h_wins, x_win, x_prev."""
     n, c = x_prev.shape
@@ -131,8 +132,10 @@ def positions(m: dict, hb0, hb1, hb2, h_wins: list[torch.Tensor], x_win: torch.T
             if str(b) in caches:
                 h = attend(m["attn"][str(b)], caches[str(b)], h, x_prev, pos0 + j, n_heads)
         logit = torch.addmm(m["head_b"], F.silu(h), m["head_w"])
-        code = pick(logit, u[:, j], temperature, top_k)
-        x_prev = m["embed"][code]
+        if guidance is not None:
+            logit = guided(logit, guidance)
+        code = pick(logit, u[:, j], temperature, top_k, top_p)
+        x_prev = m["embed"][code if guidance is None else torch.cat([code, code])]
         x_win = torch.cat([x_win[:, c:], x_prev], 1)
         codes.append(code)
         logits.append(logit)
@@ -142,8 +145,8 @@ def positions(m: dict, hb0, hb1, hb2, h_wins: list[torch.Tensor], x_win: torch.T
 
 
 def first_chunk(m, x_rows, last_row, v_wins, cond_row, fixed, caches, x_prev, pos0, u, temperature: float,
-                top_k: int | None, blocks: tuple[int, ...], n_heads: int, want_logits: bool, k: int,
-                v_convs: list[torch.Tensor] | None = None):
+                top_k: int | None, top_p: float | None, guidance: float | None, blocks: tuple[int, ...], n_heads: int,
+                want_logits: bool, k: int, v_convs: list[torch.Tensor] | None = None):
     """Start a row (its v stream) and sample its first u.shape[1] positions: one call, so a compiled row no
     wider than its chunk is one compiled call. last_row (W, B, C): the embedded codes of the row just
     finished (zeros at row 0)."""
@@ -154,7 +157,7 @@ def first_chunk(m, x_rows, last_row, v_wins, cond_row, fixed, caches, x_prev, po
     zeros = x_prev.new_zeros(n, p * c)
     cols = u.shape[1]
     out = positions(m, hb0[:cols], [b[:cols] for b in hb1], [b[:cols] for b in hb2], [zeros] * len(hb1), zeros,
-                    x_prev, caches, pos0, u, temperature, top_k, blocks, n_heads, want_logits)
+                    x_prev, caches, pos0, u, temperature, top_k, top_p, guidance, blocks, n_heads, want_logits)
     return (x_rows, v_wins, hb0, hb1, hb2) + out
 
 
@@ -167,19 +170,24 @@ def compiled_functions():
 
 
 def sample_rows(w: PriorWeights, cond_feat: torch.Tensor | None, labels: torch.Tensor | None, u: torch.Tensor,
-                temperature: float, top_k: int | None, return_logits: bool, on_row, *, compiled: bool,
-                v_convs: bool = False):
+                temperature: float, top_k: int | None, top_p: float | None, return_logits: bool, on_row, *,
+                compiled: bool, v_convs: bool = False, guidance: float | None = None):
     """Codes (n, H, W) and logits (n, K, H, W) or None for the batch of uniforms `u`, row by row: eagerly
-    (one call per row) or through the compiled functions (rows in chunks of `compile_chunk` positions)."""
+    (one call per row) or through the compiled functions (rows in chunks of `compile_chunk` positions).
+    With `guidance`, each sample runs twice, with its label and with the "no label" class (index n_classes)."""
     cfg, m = w.config, w.tensors
-    n, height, width = u.shape
+    samples, height, width = u.shape
+    if guidance is not None:  # one batch of twice the samples: the cost is one extra half, not a second pass
+        cond_feat = None if cond_feat is None else torch.cat([cond_feat, cond_feat])
+        labels = torch.cat([labels, torch.full_like(labels, cfg.n_classes)])
+    n = samples if guidance is None else 2 * samples
     c, k, p, nh = cfg.channels, cfg.kernel_size, cfg.kernel_size // 2, cfg.n_heads
     device, dt = u.device, m["embed"].dtype
     first, later = compiled_functions() if compiled else (first_chunk, positions)
     chunks = row_chunks(width, compile_chunk(sum(w.blocks)) if compiled else width)
     extra = {} if compiled else {"v_convs": w.v_convs if v_convs else None}
-    codes = torch.zeros(n, height, width, dtype=torch.long, device=device)
-    all_logits = torch.zeros(n, cfg.codebook_size, height, width, device=device) if return_logits else None
+    codes = torch.zeros(samples, height, width, dtype=torch.long, device=device)
+    all_logits = torch.zeros(samples, cfg.codebook_size, height, width, device=device) if return_logits else None
     cond_rows, fixed = row_conditioning(w, cond_feat, labels)
     caches = {key: (torch.zeros(n, nh, height * width, c // nh, device=device, dtype=dt),
                     torch.zeros(n, nh, height * width, c // nh, device=device, dtype=dt)) for key in m["attn"]}
@@ -192,12 +200,12 @@ def sample_rows(w: PriorWeights, cond_feat: torch.Tensor | None, labels: torch.T
         (c0, c1), rest = chunks[0], chunks[1:]
         x_rows, v_wins, hb0, hb1, hb2, *out, h_wins, x_win, x_prev = first(
             m, x_rows, last_row, v_wins, None if cond_rows is None else cond_rows[r], fixed, caches, x_prev,
-            pos, u[:, r, c0:c1], temperature, top_k, w.blocks, nh, return_logits, k, **extra)
+            pos, u[:, r, c0:c1], temperature, top_k, top_p, guidance, w.blocks, nh, return_logits, k, **extra)
         parts = [out]
         for c0, c1 in rest:
             *out, h_wins, x_win, x_prev = later(m, hb0[c0:c1], [b[c0:c1] for b in hb1], [b[c0:c1] for b in hb2],
                                                 h_wins, x_win, x_prev, caches, pos + c0, u[:, r, c0:c1],
-                                                temperature, top_k, w.blocks, nh, return_logits)
+                                                temperature, top_k, top_p, guidance, w.blocks, nh, return_logits)
             parts.append(out)
         codes[:, r] = torch.cat([part[0] for part in parts], 1)
         if all_logits is not None:
