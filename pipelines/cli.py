@@ -108,6 +108,8 @@ def _add_stage_commands(sub) -> None:
     p.add_argument("--top-k", type=int, help="sample among the k most probable codes (0 = off)")
     p.add_argument("--top-p", type=float, help="nucleus sampling: among the most probable codes whose "
                    "probabilities reach p in sum (0 = off)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale for every class-conditional level "
+                   "(1 = none; priors trained with prior.<level>.label_dropout > 0)")
     p.add_argument("--class", dest="class_label", type=int, help="class index for class-conditional priors")
     p.add_argument("--seed", type=int)
     p.add_argument("--sampler", choices=["cached", "compiled", "reference"])
@@ -126,6 +128,7 @@ def _add_stage_commands(sub) -> None:
     p.add_argument("--n-samples", type=int)
     p.add_argument("--reference-stats", type=Path, help="an .npz from `vqvae2 fid-stats`, used instead of "
                    "the real images' features (refused when made with another extractor or weights)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale of the candidates (sample.guidance)")
 
 
 def _add_generation_commands(sub) -> None:
@@ -137,6 +140,8 @@ def _add_generation_commands(sub) -> None:
     p.add_argument("--n", type=int, default=8, help="number of variations")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--temperature", type=float, help="one for every level (default: the run's sample.temperature)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the run's "
+                   "sample.guidance)")
     p.add_argument("--class", dest="class_label", type=int, help="class for class-conditional priors "
                    "(default: the run's classifier's prediction)")
     p.add_argument("--out", type=Path, help="the grid to write (default RUN/vary/<image>-keep-<level>.png)")
@@ -332,7 +337,8 @@ def _run_command(args, run: RunDir, cfg: PipelineConfig) -> int:
     elif args.command == "vary":
         from .vary import vary
         temperature = cfg.sample.temperature if args.temperature is None else args.temperature
-        info = vary(cfg, run, args.image, args.keep, n=args.n, seed=args.seed, temperature=temperature,
+        guidance = cfg.sample.guidance if args.guidance is None else args.guidance
+        info = vary(cfg, run, args.image, args.keep, n=args.n, seed=args.seed, temperature=temperature, guidance=guidance,
                     class_label=args.class_label, out=args.out)
         print(f"[vary] kept {info['kept']}, resampled {info['resampled']} ({info['label']}) -> {info['grid']}")
     return 0
@@ -364,10 +370,11 @@ def _export(args, run: RunDir) -> int:
 # flag -> configuration field, per command: the flag's value (already typed by argparse) is set as it is
 FLAG_FIELDS = {
     "sample": {"n": "sample.n", "batch_size": "sample.batch_size", "temperature": "sample.temperature",
-               "top_k": "sample.top_k", "top_p": "sample.top_p", "class_label": "sample.class_label", "seed": "sample.seed",
+               "top_k": "sample.top_k", "top_p": "sample.top_p", "guidance": "sample.guidance", "class_label": "sample.class_label", "seed": "sample.seed",
                "sampler": "sample.sampler", "format": "sample.format"},
     "evaluate": {"feature_extractor": "eval.feature_extractor", "inception_weights": "eval.inception_weights",
-                 "n_samples": "eval.n_samples", "reference_stats": "eval.reference_stats"},
+                 "n_samples": "eval.n_samples", "reference_stats": "eval.reference_stats",
+                 "guidance": "sample.guidance"},
     "fid-stats": {"feature_extractor": "eval.feature_extractor", "inception_weights": "eval.inception_weights"},
 }
 

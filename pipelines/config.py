@@ -87,6 +87,14 @@ class ClassifierTrainConfig(TrainConfig):
         _check(self.rejection_mixup >= 0, f"rejection_mixup must be >= 0, got {self.rejection_mixup}")
 
 
+def check_guidance(value: float | list[float], key: str) -> None:
+    values = value if isinstance(value, list) else [value]
+    numbers = all(isinstance(g, (int, float)) and not isinstance(g, bool) for g in values)
+    _check(len(values) >= 1 and numbers and all(0 <= g < math.inf for g in values),
+           f"{key} must be finite and >= 0 (1 = no guidance; one number, or a list with one per level, top first), "
+           f"got {value}")
+
+
 def check_temperature(value: float | list[float], key: str) -> None:
     values = value if isinstance(value, list) else [value]
     numbers = all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in values)
@@ -113,6 +121,8 @@ class SampleConfig:
     temperature: float | list[float] = 1.0  # one for every level, or a list: one per level, top first
     top_k: int = 0  # 0 = no top-k filtering
     top_p: float = 0.0  # nucleus sampling: the most probable codes whose mass reaches top_p; 0 = off
+    # classifier-free guidance scale, one or one per level (1 = none; needs prior.<level>.label_dropout > 0)
+    guidance: float | list[float] = 1.0
     seed: int = 0
     sampler: str = "cached"  # "cached", "compiled" (the cached sampler through torch.compile) or "reference"
     class_label: int = -1  # -1 = spread samples over all classes (labelled data) or unconditional
@@ -126,6 +136,7 @@ class SampleConfig:
         _check(self.top_k >= 0, f"sample.top_k must be >= 0, got {self.top_k}")
         _check(isinstance(self.top_p, (int, float)) and 0 <= self.top_p <= 1,
                f"sample.top_p must be in [0, 1] (0 = off), got {self.top_p!r}")
+        check_guidance(self.guidance, "sample.guidance")
         _check(self.class_label >= -1, f"sample.class_label must be -1 (all classes) or a class index >= 0, "
                                        f"got {self.class_label}")
         check_seed(self.seed, "sample.seed")
@@ -197,10 +208,22 @@ class PipelineConfig:
             prior_model_config(self.prior.get(level, {}), level, self.vqvae.levels, sizes, self.vqvae.codebook_size,
                                num_classes=2)
         classifier_model_config(self.classifier, self.vqvae.in_channels, self.data.size, num_classes=2)
-        for key, t in (("sample.temperature", self.sample.temperature), ("eval.temperature", self.eval.temperature)):
+        self._check_guidance()
+        for key, t in (("sample.temperature", self.sample.temperature), ("eval.temperature", self.eval.temperature),
+                       ("sample.guidance", self.sample.guidance)):
             _check(not isinstance(t, list) or len(t) == len(self.vqvae.levels),
                    f"{key} has {len(t) if isinstance(t, list) else 1} values but the VQ-VAE has "
                    f"{len(self.vqvae.levels)} levels {self.vqvae.levels}: give one number, or one per level, top first")
+
+    def _check_guidance(self) -> None:
+        """Guidance other than 1 on a class-conditional level needs that level's prior trained with label dropout."""
+        g = self.sample.guidance
+        for i, level in enumerate(self.vqvae.levels):
+            scale = g[i] if isinstance(g, list) and i < len(g) else g if not isinstance(g, list) else 1.0
+            settings = self.prior.get(level, {})
+            if scale != 1 and settings.get("class_conditional", True) and not settings.get("label_dropout", 0):
+                raise ValueError(f"sample.guidance {scale} for level {level!r} needs its prior trained with label "
+                                 f"dropout: set prior.{level}.label_dropout (e.g. 0.1) and train the prior again")
 
     def prior_train(self, level: str) -> TrainConfig:
         """The training settings of one level's prior: [train_prior] with the level's own
@@ -262,6 +285,8 @@ def prior_model_config(settings: dict, level: str, levels: list[str], grid_sizes
     i = levels.index(level)
     derived = {"codebook_size": codebook_size, "height": grid_sizes[i], "width": grid_sizes[i],
                "n_classes": num_classes if conditional else 0,
+               # no labels in the data: nothing to drop (a preset written for labelled data still runs)
+               **({"label_dropout": 0.0} if not (conditional and num_classes) else {}),
                "cond_shapes": [[codebook_size, s, s] for s in grid_sizes[:i]]}
     return _model_config(PixelSNAILConfig, {**settings, **derived}, f"prior.{level}.")
 
@@ -295,7 +320,7 @@ ADDED_LATER: dict[str, dict[str, Any]] = {
     **{section: {"channels_last": True} for section in ("train_vqvae", "train_prior", "train_classifier")},
     "data": {"cache": True, "cache_dir": "", "workers": 0},
     "vqvae": {"quantizer": "ema", "level_dropout": 0.0},
-    "sample": {"format": "npz", "top_p": 0.0},
+    "sample": {"format": "npz", "top_p": 0.0, "guidance": 1.0},
     "eval": {"reference_stats": "", "resize": "torch-fidelity", "fd_resamples": 100},
 }
 

@@ -114,12 +114,13 @@ def _candidates(cfg: PipelineConfig, run: RunDir, vqvae: VQVAE2, priors, reject_
     e, s = cfg.eval, cfg.sample
     key = {"priors": [prior_hash(cfg, run, lv) for lv in vqvae.levels], "seed": e.seed,
            "temperature": e.temperature, "top_k": s.top_k, "sampler": s.sampler, **({"top_p": s.top_p} if s.top_p else {}),
+           **({"guidance": s.guidance} if s.guidance != 1 else {}),
            "rejection_classifier": None if reject_net is None else weights_hash(reject_net)}
     store = SampleStore(run.eval / "candidates", n_cand, s.batch_size, key)
     probs = None if reject_net is None else \
         (lambda images, lab: {"probs": predict_proba(reject_net, images, batch_size=e.batch_size).numpy()})
     generate_to_store(vqvae, priors, store, labels, e.seed, e.temperature, s.top_k, s.sampler, extra=probs,
-                      desc="eval candidates", top_p=s.top_p)
+                      desc="eval candidates", top_p=s.top_p, guidance=s.guidance)
     return store
 
 
@@ -200,7 +201,7 @@ def evaluate(cfg: PipelineConfig, run: RunDir) -> dict | None:
         **rejection,
         feature_network=str(dirs["features"].relative_to(run.root)) if e.feature_extractor == "domain" else "inception",
         class_conditional=n_classes > 0, temperature=e.temperature, sampler=cfg.sample.sampler,
-        top_k=cfg.sample.top_k, top_p=cfg.sample.top_p,
+        top_k=cfg.sample.top_k, top_p=cfg.sample.top_p, guidance=cfg.sample.guidance,
         torch_fidelity_version=torch_fidelity.__version__,
     )
     write_report(run.eval, report)

@@ -46,12 +46,13 @@ def sample_labels(n: int, num_classes: int, class_label: int, conditional: bool)
 
 @torch.no_grad()
 def sample_batch(vqvae: VQVAE2, priors, b: int, lo: int, hi: int, labels: torch.Tensor | None, seed: int,
-                 temperature: float | list[float] = 1.0, top_k: int = 0, sampler: str = "cached", top_p: float = 0.0
-                 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+                 temperature: float | list[float] = 1.0, top_k: int = 0, sampler: str = "cached", top_p: float = 0.0,
+                 guidance: float | list[float] = 1.0) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Samples [lo, hi) of a run of batches: uint8 images (B, C, H, W) on CPU and codes per level: batch b of
     `pipe(n, seed=seed, batch_size=hi - lo)` (vqvae2.Pipeline, the same code)."""
     out = Pipeline(vqvae, priors)(hi - lo, labels=None if labels is None else labels[lo:hi], temperature=temperature,
-                                  top_k=top_k, top_p=top_p, generator=batch_generator(seed, b), batch_size=hi - lo,
+                                  top_k=top_k, top_p=top_p, guidance=guidance, generator=batch_generator(seed, b),
+                                  batch_size=hi - lo,
                                   sampler=sampler, output="uint8")
     return out.images, out.codes
 
@@ -80,7 +81,8 @@ def generate(vqvae: VQVAE2, priors, n: int, labels: torch.Tensor | None, seed: i
 @torch.no_grad()
 def generate_to_store(vqvae: VQVAE2, priors, store: SampleStore, labels: torch.Tensor | None, seed: int,
                       temperature: float | list[float] = 1.0, top_k: int = 0, sampler: str = "cached",
-                      extra: ExtraFn | None = None, desc: str = "sample", top_p: float = 0.0) -> None:
+                      extra: ExtraFn | None = None, desc: str = "sample", top_p: float = 0.0,
+                      guidance: float | list[float] = 1.0) -> None:
     """Fills the store's missing chunks (chunk b = sampling batch b), sharing them between processes.
     `extra(images, labels)` adds per-sample arrays to each chunk (e.g. classifier probabilities)."""
     state = PartialState()
@@ -93,7 +95,8 @@ def generate_to_store(vqvae: VQVAE2, priors, store: SampleStore, labels: torch.T
                unit="batch", postfix={"done": store.n_chunks - len(store.missing())})
     for b in bar:
         lo, hi = store.bounds(b)
-        images, codes = sample_batch(vqvae, priors, b, lo, hi, labels, seed, temperature, top_k, sampler, top_p)
+        images, codes = sample_batch(vqvae, priors, b, lo, hi, labels, seed, temperature, top_k, sampler, top_p,
+                                     guidance)
         lab = None if labels is None else labels[lo:hi]
         arrays = {"images": images.numpy(),
                   "labels": (lab if lab is not None else torch.full((hi - lo,), -1)).numpy()}
@@ -121,7 +124,7 @@ def sample_stage(cfg: PipelineConfig, run: RunDir, png_dir: Path | None = None) 
     store = SampleStore(run.samples / "chunks", s.n, s.batch_size,
                         {"config_hash": stage_hash(cfg, run), "classifier": scorer_hash})
     generate_to_store(vqvae, priors, store, labels, s.seed, s.temperature, s.top_k, s.sampler, extra=scorer,
-                      top_p=s.top_p)
+                      top_p=s.top_p, guidance=s.guidance)
     if not state.is_main_process:
         return {}
     first = store.images(np.arange(min(64, s.n)))
@@ -138,7 +141,7 @@ def sample_stage(cfg: PipelineConfig, run: RunDir, png_dir: Path | None = None) 
         store.export_png(target)
         outputs.append(f"{target}/*.png")
     info = {"config_hash": stage_hash(cfg, run), "n": s.n, "seed": s.seed, "temperature": s.temperature,
-            "top_k": s.top_k, "top_p": s.top_p, "sampler": s.sampler, "class_label": s.class_label, "levels": vqvae.levels,
+            "top_k": s.top_k, "top_p": s.top_p, "guidance": s.guidance, "sampler": s.sampler, "class_label": s.class_label, "levels": vqvae.levels,
             "format": s.format, "outputs": outputs}
     write_json(run.samples / "metrics.json", info)
     store.remove()  # everything is in the exports now

@@ -16,7 +16,7 @@ from vqvae2.pipeline import Pipeline
 from vqvae2.vqvae import VQVAE2
 
 from .artifacts import RunDir, save_npz, save_png
-from .config import PipelineConfig, check_seed, check_temperature
+from .config import PipelineConfig, check_guidance, check_seed, check_temperature
 from .images import grid_image, to_uint8
 from .stage2 import load_priors
 
@@ -56,7 +56,8 @@ def _label(run: RunDir, image: torch.Tensor, class_label: int | None, n_classes:
 
 @torch.no_grad()
 def vary(cfg: PipelineConfig, run: RunDir, image_path: Path, keep: str, n: int = 8, seed: int = 0,
-         temperature: float | list[float] = 1.0, class_label: int | None = None, out: Path | None = None) -> dict:
+         temperature: float | list[float] = 1.0, class_label: int | None = None, out: Path | None = None,
+         guidance: float | list[float] = 1.0) -> dict:
     vqvae = VQVAE2.from_pretrained(run.vqvae).eval()
     levels = vqvae.levels
     if keep not in levels[:-1]:
@@ -65,6 +66,7 @@ def vary(cfg: PipelineConfig, run: RunDir, image_path: Path, keep: str, n: int =
         raise ValueError(f"--n must be >= 1, got {n}")
     check_seed(seed, "--seed")
     check_temperature(temperature, "--temperature")
+    check_guidance(guidance, "--guidance")
     if class_label is not None and class_label < 0:
         raise ValueError(f"--class must be a class index >= 0, got {class_label}")
     pipe = Pipeline(vqvae, load_priors(run, levels))
@@ -72,7 +74,8 @@ def vary(cfg: PipelineConfig, run: RunDir, image_path: Path, keep: str, n: int =
     label, how = _label(run, image, class_label, pipe.n_classes)
     codes = pipe.encode(image)
     kept = levels.index(keep) + 1
-    variations = pipe.vary(image, keep, n, labels=label, temperature=temperature, top_k=0, sampler="cached",
+    variations = pipe.vary(image, keep, n, labels=label, temperature=temperature, top_k=0, guidance=guidance,
+                           sampler="cached",
                            generator=torch.Generator().manual_seed(seed), output="tensor")
     pictures = to_uint8(torch.cat([image, pipe.decode(codes, output="tensor").images, variations.images]))
     out = out or run.root / "vary" / f"{Path(image_path).stem}-keep-{keep}.png"

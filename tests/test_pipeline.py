@@ -140,3 +140,32 @@ def test_save_pretrained_loads_back_with_the_same_samples(pipe, tmp_path):
     assert again.settings == pipe.settings
     a, b = pipe(4, seed=9, output="uint8"), again(4, seed=9, output="uint8")
     assert torch.equal(a.images, b.images)
+
+
+def test_guidance_from_the_command_and_from_python(tmp_path):
+    """priors trained with label dropout -> `vqvae2 sample --guidance 2.5` equals pipe(..., guidance=2.5) and is
+    recorded; guidance 1 is none; guidance on a run whose priors have no "no label" class fails before any work"""
+    import json
+    argv = ["run", "--preset", "demo", "--run-dir", str(tmp_path / "run"), "--until", "priors",
+            "--set", "prior.top.label_dropout=0.3", "--set", "prior.bottom.label_dropout=0.3"]
+    for o in [*folder_overrides(make_image_folder(tmp_path / "images")), *TINY_PRIORS]:
+        argv += ["--set", o]
+    assert main(argv) == 0
+    run = tmp_path / "run"
+    assert main(["sample", "--run-dir", str(run), "--n", "4", "--batch-size", "2", "--seed", "1", "--guidance", "2.5"]) == 0
+    saved = np.load(run / "samples" / "samples.npz")
+    assert json.loads((run / "samples" / "metrics.json").read_text())["guidance"] == 2.5
+    pipe = Pipeline.from_pretrained(run, device="cpu")
+    assert pipe.priors[0].null_label == 2  # two classes in the folder, the third is "no label"
+    out = pipe(4, seed=1, batch_size=2, guidance=2.5, output="uint8")
+    assert np.array_equal(out.images.permute(0, 2, 3, 1).numpy(), saved["arr_0"])
+    none, one = (pipe(4, seed=1, batch_size=2, guidance=g, output="uint8").codes for g in (0.0, 1.0))
+    plain = pipe(4, seed=1, batch_size=2, guidance=1.0, top_k=0, output="uint8").codes
+    assert all(torch.equal(a, b) for a, b in zip(one, plain))
+    assert not all(torch.equal(a, b) for a, b in zip(none, one))
+
+
+def test_guidance_without_label_dropout_is_refused_when_the_configuration_is_resolved(run, capsys):
+    assert main(["sample", "--run-dir", str(run), "--guidance", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "needs its prior trained with label dropout: set prior.top.label_dropout" in err

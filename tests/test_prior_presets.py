@@ -50,3 +50,13 @@ def test_codes_fix_the_grid_classes_and_levels_above():
     top, bottom = prior_config(cfg, "top", meta), prior_config(cfg, "bottom", meta)
     assert (top.height, top.n_classes, top.cond_shapes) == (4, 0, [])
     assert (bottom.height, bottom.n_classes, bottom.cond_shapes) == (8, 10, [[512, 4, 4]])
+
+
+def test_label_dropout_is_kept_for_labelled_data_and_dropped_for_unlabelled():
+    """A preset written for labelled faces (prior.<level>.label_dropout) still runs on an unlabelled folder:
+    with no classes there is no label to drop"""
+    from pipelines.config import prior_model_config
+    settings = {"channels": 8, "label_dropout": 0.2}
+    assert prior_model_config(settings, "top", ["top", "bottom"], [4, 8], 16, num_classes=3).label_dropout == 0.2
+    assert prior_model_config(settings, "top", ["top", "bottom"], [4, 8], 16, num_classes=0).label_dropout == 0.0
+    assert prior_model_config(settings, "top", ["top", "bottom"], [4, 8], 16, num_classes=3).n_classes == 3

@@ -34,6 +34,7 @@ class SampleSettings:
     temperature: float | list[float] = 1.0  # one, or one per level, top first
     top_k: int = 0  # 0 = no top-k filtering
     top_p: float = 0.0  # nucleus sampling (0 = off)
+    guidance: float | list[float] = 1.0  # classifier-free guidance scale (1 = none), one or one per level
     batch_size: int = 64
     sampler: str = "cached"  # "cached", "compiled" or "reference": the same codes (compiled: up to rounding)
     class_label: int = -1  # -1 = spread the samples over the classes (class-conditional priors)
@@ -154,10 +155,12 @@ class Pipeline:
                  temperature: float | Sequence[float] | None = None, top_k: int | Sequence[int] | None = None,
                  generator: torch.Generator | None = None, seed: int | None = None, batch_size: int | None = None,
                  sampler: str | None = None, output: str = "pil", progress: bool = False,
-                 top_p: float | Sequence[float] | None = None) -> PipelineOutput:
+                 top_p: float | Sequence[float] | None = None,
+                 guidance: float | Sequence[float] | None = None) -> PipelineOutput:
         """n images sampled top-down. Unset controls take the pipeline's `settings` (the run's [sample] values).
         `labels`: a class for all, one per image, or None (the settings' class_label; -1 spreads over classes).
-        `temperature`, `top_k` (0 = off), `top_p` (nucleus sampling, 0 = off): one value, or one per level. Randomness: `generator` (drawn from batch
+        `temperature`, `top_k` (0 = off), `top_p` (nucleus sampling, 0 = off), `guidance` (classifier-free guidance
+        scale, 1 = none; priors trained with label dropout): one value, or one per level. Randomness: `generator` (drawn from batch
         after batch), or `seed` (batch i from `batch_generator(seed, i)`, as `vqvae2 sample --seed`)."""
         if generator is not None and seed is not None:
             raise ValueError("give generator or seed, not both")
@@ -168,7 +171,7 @@ class Pipeline:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         labels = self._labels(n, labels)
-        controls = self._controls(temperature, top_k, sampler, top_p)
+        controls = self._controls(temperature, top_k, sampler, top_p, guidance)
         # the priors' weights as the incremental samplers read them, laid out once for every batch
         weights = None if controls["sampler"] == "reference" else [PriorWeights(p) for p in self.priors]
         images, codes = [], []
@@ -202,7 +205,8 @@ class Pipeline:
     def vary(self, image: Any, keep: str, n: int = 8, *, labels: int | Sequence[int] | torch.Tensor | None = None,
              temperature: float | Sequence[float] | None = None, top_k: int | Sequence[int] | None = None,
              generator: torch.Generator | None = None, sampler: str | None = None, output: str = "pil",
-             top_p: float | Sequence[float] | None = None) -> PipelineOutput:
+             top_p: float | Sequence[float] | None = None,
+             guidance: float | Sequence[float] | None = None) -> PipelineOutput:
         """n variations of one image: its codes at level `keep` and above are kept, the levels below resampled
         from their priors (what each level holds). Class-conditional priors need `labels` (or a class_label
         setting). `vqvae2 vary --seed s` is `generator=torch.Generator().manual_seed(s)`, top_k=0, sampler "cached"."""
@@ -221,7 +225,7 @@ class Pipeline:
         labels = self._labels(n, labels)
         varied = sample_hierarchy(self.priors, n, labels=None if labels is None else labels.to(self.device),
                                   generator=generator, given=[c.expand(n, -1, -1) for c in codes[:kept]],
-                                  **self._controls(temperature, top_k, sampler, top_p))
+                                  **self._controls(temperature, top_k, sampler, top_p, guidance))
         images = self.vqvae.decode_codes([c.to(self.device) for c in varied]).cpu()
         return PipelineOutput(_convert(images, output), [c.cpu() for c in varied], labels)
 
@@ -243,11 +247,14 @@ class Pipeline:
             raise ValueError(f"labels must be classes in [0, {self.n_classes - 1}], got {t.tolist()}")
         return t.long()
 
-    def _controls(self, temperature, top_k, sampler, top_p=None) -> dict[str, Any]:
+    def _controls(self, temperature, top_k, sampler, top_p=None, guidance=None) -> dict[str, Any]:
         s = self.settings
+        guidance = s.guidance if guidance is None else guidance
         return dict(temperature=s.temperature if temperature is None else temperature,
                     top_k=_off_as_none(s.top_k if top_k is None else top_k),
                     top_p=_off_as_none(s.top_p if top_p is None else top_p),
+                    guidance=[None if g == 1 else g for g in guidance] if isinstance(guidance, (list, tuple))
+                    else (None if guidance == 1 else guidance),
                     sampler=s.sampler if sampler is None else sampler)
 
     def _images(self, images: Any) -> torch.Tensor:
