@@ -83,3 +83,32 @@ def rejection_sample(
     # stable: among equal scores the earlier candidate wins, so r = 1 keeps exactly the first n
     order = torch.sort(scores, descending=True, stable=True).indices
     return order[:n].sort().values
+
+
+# realism rejection: unlabelled data, a real-vs-generated classifier
+
+REALISM_CAP_QUANTILE = 0.95  # density ratios above this quantile of the candidates' count as that quantile
+
+
+def density_ratio(p_real: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """D / (1 - D) for a discriminator's probability D that an image is real: the density ratio p_data / p_model
+    it estimates (discriminator rejection sampling, Azadi et al. 2019)."""
+    d = p_real.float().clamp(eps, 1 - eps)
+    return d / (1 - d)
+
+
+def realism_sample(p_real: torch.Tensor, n: int, rate: float, seed: int = 0,
+                   cap_quantile: float = REALISM_CAP_QUANTILE) -> torch.Tensor:
+    """Indices (n,), ascending, of the candidates kept among the first ceil(n / rate): drawn without replacement
+    with probability proportional to the density ratio, capped at its `cap_quantile` quantile (so a few
+    confident scores cannot take every place). Gumbel top-n keys with a generator seeded by `seed`; at rate 1
+    every one of the first n is kept."""
+    p_real = torch.as_tensor(p_real).flatten()
+    m = candidates_needed(n, rate)
+    if len(p_real) < m:
+        raise ValueError(f"keeping {n} samples at acceptance rate {rate} needs {m} candidates, got {len(p_real)}")
+    ratio = density_ratio(p_real[:m])
+    weight = ratio.clamp(max=float(torch.quantile(ratio, cap_quantile, interpolation="lower")))
+    u = torch.rand(m, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).clamp(min=1e-300)
+    keys = weight.double().log() - (-u.log()).log()  # log w + Gumbel noise
+    return torch.sort(keys, descending=True, stable=True).indices[:n].sort().values

@@ -81,10 +81,14 @@ class ClassifierTrainConfig(TrainConfig):
     # the batch, weight ~ Beta(a, a), and the labels in the same proportion. Its probabilities saturate
     # less, and on fashion32 rejection then raises k-NN precision (docs/results.md, "Stage 3"). 0 = cross-entropy.
     rejection_mixup: float = 0.4
+    # data without labels: the realism classifier (real against generated) learns from this many of the model's
+    # own samples (drawn with another seed than evaluation's) and as many real training images
+    realism_samples: int = 1000
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check(self.rejection_mixup >= 0, f"rejection_mixup must be >= 0, got {self.rejection_mixup}")
+        _check(self.realism_samples >= 2, f"realism_samples must be >= 2, got {self.realism_samples}")
 
 
 def check_guidance(value: float | list[float], key: str) -> None:
@@ -317,7 +321,8 @@ def _model_config(cls, data: dict, where: str):
 
 # section -> {option: default} of options added after the first release (see PipelineConfig.hash_dict)
 ADDED_LATER: dict[str, dict[str, Any]] = {
-    **{section: {"channels_last": True} for section in ("train_vqvae", "train_prior", "train_classifier")},
+    **{section: {"channels_last": True} for section in ("train_vqvae", "train_prior")},
+    "train_classifier": {"channels_last": True, "realism_samples": 1000},
     "data": {"cache": True, "cache_dir": "", "workers": 0},
     "vqvae": {"quantizer": "ema", "level_dropout": 0.0},
     "sample": {"format": "npz", "top_p": 0.0, "guidance": 1.0},

@@ -19,7 +19,7 @@ from eval.classifier import Classifier, predict_proba, weights_hash
 from eval.features import ExtractorSpec, domain_extractor, inception_extractor
 from eval.metrics import (FD_INFINITY_MIN_N, FID_PROTOCOL_N, PSNR, FeatureExtractor, Features, ReferenceStats,
                           metrics_from_features)
-from eval.rejection import rates_needed, rejection_sample
+from eval.rejection import REALISM_CAP_QUANTILE, rates_needed, realism_sample, rejection_sample
 from eval.report import build_report, plot_tradeoff, write_report
 from vqvae2.vqvae import VQVAE2
 
@@ -124,16 +124,18 @@ def _candidates(cfg: PipelineConfig, run: RunDir, vqvae: VQVAE2, priors, reject_
     return store
 
 
-def _rejection_network(cfg: PipelineConfig, run: RunDir, device) -> tuple[Classifier | None, dict]:
-    """The rejection classifier, or None when the data has no class labels (then no classifier exists)."""
+def _rejection_network(cfg: PipelineConfig, run: RunDir, device) -> tuple[Classifier, dict]:
+    """The rejection classifier: the domain one of labelled data, the realism one (real against generated) of
+    data without labels."""
     dirs = classifier_dirs(cfg, run)
     if read_codes_meta(run).get("num_classes", 0) < 2:
-        return None, dirs
+        dirs = {"realism": run.classifier}
     for d in dirs.values():
         if not (d / "model.safetensors").is_file():
             raise FileNotFoundError(f"{d}/model.safetensors does not exist: run "
                                     f"`vqvae2 train-classifier --run-dir {run.root}` first")
-    return Classifier.from_pretrained(dirs.get("rejection", dirs["features"]), map_location=device).eval(), dirs
+    chosen = dirs.get("realism") or dirs.get("rejection") or dirs["features"]
+    return Classifier.from_pretrained(chosen, map_location=device).eval(), dirs
 
 
 def evaluate(cfg: PipelineConfig, run: RunDir) -> dict | None:
@@ -144,7 +146,7 @@ def evaluate(cfg: PipelineConfig, run: RunDir) -> dict | None:
     priors = load_priors(run, vqvae.levels, device=device)
     n_classes = priors[0].config.n_classes
     reject_net, dirs = _rejection_network(cfg, run, device)
-    rates = list(e.acceptance_rates) if reject_net is not None else [1.0]  # no labels, no classifier, no rejection
+    rates = list(e.acceptance_rates)
     spec = extractor_spec(cfg, run)
     reference = None
     if e.reference_stats:
@@ -177,13 +179,14 @@ def evaluate(cfg: PipelineConfig, run: RunDir) -> dict | None:
     by_rate, accepted_probs = {}, {}
     nrow = min(n_classes, 10) if n_classes else 8
     for rate in rates:
-        idx = torch.arange(e.n_samples) if probs is None else \
-            rejection_sample(gen.features, probs, e.n_samples, rate, target_classes=labels)
+        if "realism" in dirs:  # accepted with probability proportional to the density ratio D / (1 - D)
+            idx = realism_sample(probs[:, 1], e.n_samples, rate, seed=e.seed)
+        else:
+            idx = rejection_sample(gen.features, probs, e.n_samples, rate, target_classes=labels)
         by_rate[rate] = metrics_from_features(gen.subset(idx), real, spec, **common)
-        if probs is not None:
-            kept = probs[idx]
-            accepted_probs[rate] = float((kept.gather(1, labels[idx, None]) if labels is not None
-                                          else kept.max(1, keepdim=True).values).mean())
+        kept = probs[idx]
+        accepted_probs[rate] = float((kept.gather(1, labels[idx, None]) if labels is not None
+                                      else kept[:, 1:] if "realism" in dirs else kept.max(1, keepdim=True).values).mean())
         save_png(run.eval / f"samples-rate-{rate:g}.png",
                  grid_image(store.images(_grid_indices(idx, labels, nrow)), nrow=nrow))
 
@@ -191,7 +194,7 @@ def evaluate(cfg: PipelineConfig, run: RunDir) -> dict | None:
     recon, n_recon = _reconstruction(vqvae, val_set, net, real, spec, e, device)
     rejection = _rejection_provenance(cfg, run, reject_net, dirs, accepted_probs)
     report = build_report(
-        by_rate, recon, warnings=_warnings(e.n_samples, spec, reference, reject_net is None, e.acceptance_rates),
+        by_rate, recon, warnings=_warnings(e.n_samples, spec, reference),
         config_hash=eval_hash(cfg, run), seed=e.seed, n_candidates=n_cand, acceptance_rates=rates,
         reference=(f"statistics file {e.reference_stats} ({reference.source})" if reference is not None
                    else f"validation images ({n_real})"),
@@ -224,8 +227,12 @@ def _reconstruction(vqvae: VQVAE2, val_set, net: FeatureExtractor, real, spec: E
 
 
 def _rejection_provenance(cfg: PipelineConfig, run: RunDir, reject_net, dirs: dict, accepted_probs: dict) -> dict:
-    if reject_net is None:
-        return {"rejection": "none: the data has no class labels, so there is no classifier to reject with"}
+    if "realism" in dirs:
+        return dict(rejection=f"realism: the data has no class labels; a classifier of real against generated images "
+                              f"(classifier/) gives D, and candidates are kept with probability proportional to "
+                              f"D / (1 - D), capped at its {REALISM_CAP_QUANTILE:g} quantile",
+                    mean_classifier_prob_of_kept={f"{r:g}": p for r, p in accepted_probs.items()},
+                    rejection_classifier="classifier", rejection_classifier_hash=weights_hash(reject_net))
     return dict(mean_classifier_prob_of_kept={f"{r:g}": p for r, p in accepted_probs.items()},
                 rejection_classifier=str(dirs.get("rejection", dirs["features"]).relative_to(run.root)),
                 rejection_classifier_hash=weights_hash(reject_net),
@@ -241,12 +248,8 @@ def _plot(run: RunDir, report: dict) -> None:
                   kid_std=[r["kid_std"] for r in rows], fd_infinity=[r["fd_infinity"] for r in rows])
 
 
-def _warnings(n_samples: int, spec: ExtractorSpec, reference: ReferenceStats | None, unlabelled: bool,
-              rates: list[float]) -> list[str]:
+def _warnings(n_samples: int, spec: ExtractorSpec, reference: ReferenceStats | None) -> list[str]:
     out = []
-    if unlabelled and any(r < 1 for r in rates):
-        out.append(f"the data has no class labels, so no classifier was trained and no rejection sampling was done: "
-                   f"acceptance rates {[r for r in rates if r < 1]} were skipped")
     if n_samples < FID_PROTOCOL_N:
         out.append(f"{n_samples:,} samples per acceptance rate, fewer than the {FID_PROTOCOL_N:,} of the standard "
                    f"protocol: Frechet distances are biased upward at small n (benchmarks/fid_bias.py measures by how "

@@ -50,7 +50,8 @@ def run_all(cfg: PipelineConfig, run: RunDir, force: bool = False, until: str | 
     found = preflight(cfg, until)  # before any training: every stage that will run can run
     labelled = found["num_classes"] >= 2
     if cfg.eval.enabled and not labelled and "classifier" in found["groups"]:
-        _log("[classifier] the data has no class labels: no classifier, so evaluation makes no rejection")
+        _log("[classifier] the data has no class labels: a realism classifier (real against generated) is trained "
+             "for rejection instead")
     for stage in pipeline_stages(cfg, labelled):
         if stage.group in found["groups"]:
             make_stage(cfg, run, stage, force)

@@ -60,7 +60,7 @@ def sample_batch(vqvae: VQVAE2, priors, b: int, lo: int, hi: int, labels: torch.
 @torch.no_grad()
 def generate(vqvae: VQVAE2, priors, n: int, labels: torch.Tensor | None, seed: int, batch_size: int,
              temperature: float | list[float] = 1.0, top_k: int = 0, sampler: str = "cached", progress: bool = True,
-             ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+             top_p: float = 0.0) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """n images (uint8, N C H W) and their codes per level, in memory (small n; the stages use a store)."""
     state = PartialState()
     n_batches = (n + batch_size - 1) // batch_size
@@ -68,7 +68,7 @@ def generate(vqvae: VQVAE2, priors, n: int, labels: torch.Tensor | None, seed: i
     results = []
     for b in tqdm(mine, desc="sample", disable=not (progress and state.is_local_main_process), dynamic_ncols=True):
         lo, hi = b * batch_size, min(n, (b + 1) * batch_size)
-        images, codes = sample_batch(vqvae, priors, b, lo, hi, labels, seed, temperature, top_k, sampler)
+        images, codes = sample_batch(vqvae, priors, b, lo, hi, labels, seed, temperature, top_k, sampler, top_p)
         results.append((b, images, codes))
     if state.num_processes > 1:
         results = gather_object(results)

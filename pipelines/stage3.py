@@ -1,4 +1,4 @@
-"""Stage 3: the domain classifiers (`vqvae2 train-classifier`); the evaluation is in `pipelines.evaluate`.
+"""Stage 3: the classifiers (`vqvae2 train-classifier`); the evaluation is in `pipelines.evaluate`.
 
 Two classifiers are trained from different seeds: `classifier/` is the domain feature network
 (FD-domain, KID, precision/recall) and `classifier/rejection/` scores candidates for rejection
@@ -6,6 +6,10 @@ sampling, so the samples are not filtered by the network that then scores them. 
 `eval.rejection_classifier = "same"` uses one network for both, and the report says so.
 The rejection network is trained with mixup (`train_classifier.rejection_mixup`), which keeps its
 probabilities from saturating on atypical images; the feature network with plain cross-entropy.
+
+Data without class labels gets one network instead, the realism classifier: real training images against the
+model's own samples (drawn with another seed than evaluation's), whose probability D that an image is real
+gives the density ratio D / (1 - D) that realism rejection samples by (eval/rejection.py).
 """
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 from accelerate import PartialState
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from eval.classifier import Classifier, evaluate_accuracy, weights_hash
 
@@ -35,6 +39,80 @@ def classifier_dirs(cfg: PipelineConfig, run: RunDir) -> dict[str, "object"]:
 def classifier_hash(cfg: PipelineConfig) -> str:
     return hash_config(cfg.hash_dict("data", "classifier", "train_classifier") |
                        {"rejection": cfg.eval.rejection_classifier})
+
+
+# the seed of the samples the realism classifier learns from: eval.seed + this, so never evaluation's own
+REALISM_SEED_OFFSET = 104_729
+
+
+def realism_hash(cfg: PipelineConfig, run: RunDir) -> str:
+    from .stage2 import stage_hash as prior_hash
+    return hash_config({"classifier": classifier_hash(cfg), "realism": cfg.train_classifier.realism_samples,
+                        "priors": [prior_hash(cfg, run, lv) for lv in cfg.vqvae.levels], "seed": cfg.eval.seed,
+                        "temperature": cfg.eval.temperature, "top_k": cfg.sample.top_k, "top_p": cfg.sample.top_p})
+
+
+class RealOrGenerated(Dataset):
+    """Real images (label 1) followed by generated ones (uint8 (N, C, H, W), label 0)."""
+
+    def __init__(self, real: Dataset, real_indices: list[int], generated: torch.Tensor):
+        self.real, self.indices, self.generated = real, real_indices, generated
+
+    def __len__(self) -> int:
+        return len(self.indices) + len(self.generated)
+
+    def __getitem__(self, i: int):
+        if i < len(self.indices):
+            return self.real[self.indices[i]][0], torch.tensor(1)
+        return self.generated[i - len(self.indices)].float() / 127.5 - 1, torch.tensor(0)
+
+
+def realism_sets(cfg: PipelineConfig, run: RunDir) -> tuple[Dataset, Dataset]:
+    """Train and validation sets of the realism classifier: as many real training images as generated ones
+    (evenly spread over the split), the last tenth of each held out for validation."""
+    from vqvae2.vqvae import VQVAE2
+
+    from .sample import generate
+    from .stage2 import load_priors
+    device = PartialState().device
+    vqvae = VQVAE2.from_pretrained(run.vqvae, map_location=device).eval()
+    priors = load_priors(run, vqvae.levels, device=device)
+    n, s = cfg.train_classifier.realism_samples, cfg.sample
+    generated, _ = generate(vqvae, priors, n, None, cfg.eval.seed + REALISM_SEED_OFFSET, s.batch_size,
+                            cfg.eval.temperature, s.top_k, s.sampler, top_p=s.top_p)
+    train_set, _ = build_datasets(cfg.data)
+    real = [round(i * len(train_set) / n) for i in range(min(n, len(train_set)))]
+    cut_real, cut_gen = len(real) - max(1, len(real) // 10), n - max(1, n // 10)
+    return (RealOrGenerated(train_set, real[:cut_real], generated[:cut_gen]),
+            RealOrGenerated(train_set, real[cut_real:], generated[cut_gen:]))
+
+
+def train_realism_classifier(cfg: PipelineConfig, run: RunDir) -> dict | None:
+    """The realism classifier of data without class labels, in classifier/."""
+    train_set, val_set = realism_sets(cfg, run)
+    ccfg = classifier_model_config(cfg.classifier, cfg.vqvae.in_channels, cfg.data.size, 2)
+    h, out_dir = realism_hash(cfg, run), run.classifier
+    tcfg, settings = machine_settings(cfg.train_classifier, out_dir, "train_classifier")
+    acc = make_accelerator(tcfg, out_dir)
+    torch.manual_seed(tcfg.seed)
+    watch = Watcher(out_dir, tcfg, lambda model, batches=tcfg.val_batches: {"accuracy": val_accuracy(model, val_set, batches)})
+    result = train(Classifier(ccfg), train_set, tcfg, out_dir, classifier_loss(tcfg.rejection_mixup),
+                   {"config_hash": h, "role": "realism", "settings": settings.to_dict()},
+                   accelerator=acc, desc="train-classifier realism", watch=watch)
+    if not acc.is_main_process:
+        return None
+    model = result.model.eval()
+    accuracy = val_accuracy(model, val_set)
+    watch.finish(result.steps, {"accuracy": accuracy})
+    model.save_pretrained(out_dir, extra={"config_hash": h})
+    summary = {"config_hash": h, "accuracy": accuracy, "num_classes": 0, "realism": True,
+               "classifiers": {"realism": {"accuracy": accuracy, "steps": result.steps, "seed": tcfg.seed,
+                                           "weights_hash": weights_hash(model), "mixup": tcfg.rejection_mixup,
+                                           "real_images": len(train_set.indices) + len(val_set.indices),
+                                           "generated_images": cfg.train_classifier.realism_samples,
+                                           "settings": settings.to_dict()}}}
+    write_json(out_dir / "metrics.json", summary)
+    return summary
 
 
 def classifier_loss(mixup: float = 0.0):

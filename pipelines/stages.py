@@ -130,6 +130,16 @@ def _train_classifier(cfg, run):
     return train_classifier(cfg, run)
 
 
+def _realism_hash(cfg, run):
+    from .stage3 import realism_hash
+    return realism_hash(cfg, run)
+
+
+def _train_realism(cfg, run):
+    from .stage3 import train_realism_classifier
+    return train_realism_classifier(cfg, run)
+
+
 def _classifier_networks(cfg, run):
     from .stage3 import classifier_dirs
     return classifier_dirs(cfg, run)
@@ -159,9 +169,9 @@ def _describe_eval(cfg, run, m):
 
 
 def pipeline_stages(cfg: PipelineConfig, labelled: bool | None = None, evaluation: bool | None = None) -> list[Stage]:
-    """Every stage of the configured pipeline, in order. The classifier stage needs class labels
-    (`labelled` False drops it; None, unknown, keeps it); the evaluation stages are there when `evaluation`
-    (default: eval.enabled)."""
+    """Every stage of the configured pipeline, in order. The classifier stage trains the domain classifiers on
+    labelled data, the realism classifier when `labelled` is False (None: not known, taken as labelled); the
+    evaluation stages are there when `evaluation` (default: eval.enabled)."""
     evaluation = cfg.eval.enabled if evaluation is None else evaluation
     out = [Stage("vqvae", "vqvae", lambda r: r.vqvae, "metrics.json", _vqvae_hash, _train_vqvae, _describe_vqvae,
                  "train-vqvae", "training", restart=True, steps=lambda c: c.train_vqvae.steps,
@@ -178,14 +188,27 @@ def pipeline_stages(cfg: PipelineConfig, labelled: bool | None = None, evaluatio
         out.append(Stage("classifier", "classifier", lambda r: r.classifier, "metrics.json", _classifier_hash,
                          _train_classifier, _describe_classifier, "train-classifier", "training", restart=True,
                          steps=lambda c: c.train_classifier.steps, networks=_classifier_networks))
+    elif evaluation:  # no labels: the realism classifier, real against generated (realism rejection)
+        out.append(Stage("classifier", "classifier", lambda r: r.classifier, "metrics.json", _realism_hash,
+                         _train_realism, _describe_classifier, "train-classifier", "training", restart=True,
+                         steps=lambda c: c.train_classifier.steps, networks=lambda c, r: {"realism": r.classifier}))
     if evaluation:
         out.append(Stage("eval", "eval", lambda r: r.eval, "metrics.json", _eval_hash, _evaluate, _describe_eval,
                          "evaluate", "chunks", redone_by_command=True, store="candidates"))
     return out
 
 
+def labelled_data(cfg: PipelineConfig) -> bool | None:
+    """Whether the configured data has class labels, or None when that cannot be told now (data missing)."""
+    from .preflight import data_num_classes
+    try:
+        return data_num_classes(cfg) >= 2
+    except (OSError, ValueError):
+        return None
+
+
 def stage_named(cfg: PipelineConfig, name: str) -> Stage:
-    stages = pipeline_stages(cfg, evaluation=True)
+    stages = pipeline_stages(cfg, labelled_data(cfg), evaluation=True)
     for stage in stages:
         if stage.name == name:
             return stage

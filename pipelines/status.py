@@ -15,7 +15,7 @@ from pathlib import Path
 from .artifacts import RunDir, damaged_output, describe_holder, find_training_state, lock_holder, read_json
 from .config import PipelineConfig, config_from_dict
 from .curves import read_records
-from .stages import Stage, pipeline_stages
+from .stages import Stage, labelled_data, pipeline_stages
 
 DONE, IN_PROGRESS, NOT_STARTED, STALE, DAMAGED = "done", "in progress", "not started", "stale", "damaged"
 # what a damaged or hand-edited file raises while it is read or described
@@ -141,15 +141,6 @@ def stage_status(stage: Stage, cfg: PipelineConfig, run: RunDir) -> StageStatus:
     except READ_FAILURES as e:
         return StageStatus(stage.name, DAMAGED, f"a file of this stage is damaged ({type(e).__name__}: {e}); redo "
                            "it", stage.command_line(run) + (" --force" if stage.restart else ""))
-
-
-def labelled_data(cfg: PipelineConfig) -> bool | None:
-    """Whether the configured data has class labels, or None when that cannot be told now (data missing)."""
-    from .preflight import data_num_classes
-    try:
-        return data_num_classes(cfg) >= 2
-    except (OSError, ValueError):
-        return None
 
 
 def run_status(run: RunDir) -> dict:

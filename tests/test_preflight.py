@@ -72,7 +72,9 @@ def test_unlabelled_folder_runs_to_samples_with_unconditional_priors(tmp_path):
         assert (s["labels"] == -1).all()
 
 
-def test_unlabelled_folder_runs_end_to_end_with_inception(tmp_path, monkeypatch, capsys):
+def test_unlabelled_folder_runs_end_to_end_with_inception_and_realism_rejection(tmp_path, monkeypatch, capsys):
+    """An unlabelled folder runs every stage: a realism classifier (real against generated) and rejection by
+    its density ratio at every acceptance rate, reported like class rejection"""
     import torch
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     folder = unlabelled_folder(tmp_path / "faces")
@@ -80,15 +82,21 @@ def test_unlabelled_folder_runs_end_to_end_with_inception(tmp_path, monkeypatch,
     run = tmp_path / "run"
     assert main(["run", "--preset", "ffhq256", "--run-dir", str(run),
                  *ffhq_like(folder, f"eval.inception_weights='{weights}'", "eval.acceptance_rates=[1.0, 0.5]",
-                            "eval.n_samples=4", "eval.n_real=4", "eval.batch_size=4",
+                            "eval.n_samples=4", "eval.n_real=4", "eval.batch_size=4", "train_classifier.realism_samples=8",
                             "eval.fd_resamples=0")]) == 0  # intervals: tests/test_metrics.py
-    assert "no class labels: no classifier" in capsys.readouterr().out
-    assert not (run / "classifier").exists()
+    assert "a realism classifier (real against generated)" in capsys.readouterr().out
+    summary = json.loads((run / "classifier" / "metrics.json").read_text())
+    assert summary["realism"] and summary["classifiers"]["realism"]["generated_images"] == 8
     report = json.loads((run / "eval" / "report.json").read_text())
-    assert [r["acceptance_rate"] for r in report["rows"]] == [1.0]
-    assert report["provenance"]["rejection"].startswith("none: the data has no class labels")
+    assert [r["acceptance_rate"] for r in report["rows"]] == [1.0, 0.5]
+    assert report["provenance"]["rejection"].startswith("realism: the data has no class labels")
+    assert set(report["provenance"]["mean_classifier_prob_of_kept"]) == {"1", "0.5"}
     assert report["fd_label"].startswith("FD-inception (non-standard weights")
-    assert any("acceptance rates [0.5] were skipped" in w for w in report["warnings"])
+    from pipelines.artifacts import RunDir
+    from pipelines.status import DONE, run_status
+    assert all(s["state"] == DONE for s in run_status(RunDir(run))["stages"])
+    capsys.readouterr()
+    assert main(["run", "--run-dir", str(run)]) == 0 and "[classifier] up to date" in capsys.readouterr().out
 
 
 def test_fp16_without_a_gpu_is_refused_naming_the_section_that_sets_it(tmp_path):

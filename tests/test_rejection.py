@@ -171,3 +171,20 @@ def test_comparison_sheet_of_an_fid():
     assert "usual 50,000" in may_not and "'clean' resize" in may_not and "another reference set" in may_not
     m["n_generated"] = 50_000
     assert not any("50,000" in s for s in build_report({1.0: m})["comparison"]["may_not_stand_beside"])
+
+
+def test_realism_rejection_keeps_candidates_in_proportion_to_the_density_ratio():
+    """Discriminator rejection sampling: D = 0.5 and 0.75 are density ratios 1 and 3, so keeping one of the two
+    keeps the second 3 times in 4; rate 1 keeps the first n; the cap stops one confident score from always winning"""
+    from eval.rejection import density_ratio, realism_sample
+    assert torch.allclose(density_ratio(torch.tensor([0.5, 0.75, 0.9])), torch.tensor([1.0, 3.0, 9.0]))
+    second = sum(int(realism_sample(torch.tensor([0.5, 0.75]), 1, 0.5, seed=s, cap_quantile=1.0)[0]) for s in range(4000))
+    assert abs(second / 4000 - 0.75) < 0.03
+    p = torch.rand(40, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(realism_sample(p, 10, 1.0, seed=3), torch.arange(10))
+    assert torch.equal(realism_sample(p, 10, 0.25, seed=3), realism_sample(p, 10, 0.25, seed=3))  # seeded
+    # one candidate 10^5 times likelier than the rest: uncapped it is always kept, capped at the 0.9 quantile
+    # (the other candidates' ratio) it is kept as often as any of them
+    odd = torch.tensor([0.5] * 9 + [1 - 1e-5])
+    kept = [int(9 in realism_sample(odd, 1, 0.1, seed=s, cap_quantile=q)) for q in (1.0, 0.9) for s in range(500)]
+    assert sum(kept[:500]) == 500 and 20 < sum(kept[500:]) < 90

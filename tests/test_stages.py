@@ -60,7 +60,8 @@ def test_the_table_names_each_stage_once_with_its_command():
     assert [s.command for s in stages] == ["train-vqvae", "extract-codes", "train-prior --level top",
                                            "train-prior --level bottom", "sample", "train-classifier", "evaluate"]
     assert [s.group for s in stages] == ["vqvae", "codes", "priors", "priors", "samples", "classifier", "eval"]
-    assert "classifier" not in [s.name for s in pipeline_stages(cfg, labelled=False)]  # unlabelled data: none
+    realism = next(s for s in pipeline_stages(cfg, labelled=False) if s.name == "classifier")  # unlabelled data
+    assert realism.command == "train-classifier" and realism.make.__name__ == "_train_realism"
     assert stage_named(cfg, "prior-top").command_line(RunDir("R")) == "vqvae2 train-prior --run-dir R --level top"
     assert groups_until("codes") == ["vqvae", "codes"] and groups_until(None) == GROUPS
     with pytest.raises(ValueError, match="--until 'prior'"):
