@@ -12,6 +12,7 @@ row's first 64 images are saved as DIR/<row>.png. Rows:
 - baseline, and each --top-p, on the run's own priors;
 - the guided priors at guidance 1 (label dropout alone) and at each --guidance, and the best guidance with the
   best top-p;
+- with --ema D, priors trained again with a Polyak average of their weights (RUN-ema, train_prior.ema_decay=D);
 - class rejection (the run's rejection classifier) at 0.5, 0.25, 0.1: 2, 4 and 10 candidates per sample; a
   guided sample costs two (one batch of twice the samples), the same as acceptance 0.5.
 """
@@ -46,17 +47,16 @@ from vqvae2 import Pipeline
 REJECTION_RATES = (0.5, 0.25, 0.1)
 
 
-def guided_run(run: RunDir, label_dropout: float):
-    """RUN-guided: the run's VQ-VAE, codes and classifiers, its priors trained again with label dropout."""
-    guided = RunDir(Path(str(run.root) + "-guided"))
+def retrained(run: RunDir, suffix: str, overrides: list[str]) -> RunDir:
+    """RUN-<suffix>: the run's VQ-VAE, codes and classifiers, its priors trained again with `overrides`."""
+    guided = RunDir(Path(f"{run.root}-{suffix}"))
     guided.root.mkdir(exist_ok=True)
     for part in ("vqvae", "codes", "classifier"):
         if not (guided.root / part).exists():
             shutil.copytree(run.root / part, guided.root / part)
     if not guided.config.is_file():
         shutil.copy(run.config, guided.config)
-    levels = load_run_config(run, None, [], write=False).vqvae.levels
-    cfg = load_run_config(guided, None, [f"prior.{lv}.label_dropout={label_dropout}" for lv in levels])
+    cfg = load_run_config(guided, None, overrides)
     run_all(cfg, guided, until="priors")
     return guided
 
@@ -99,6 +99,7 @@ def main() -> None:
     ap.add_argument("--label-dropout", type=float, default=0.1)
     ap.add_argument("--guidance", type=float, nargs="+", default=[1.5, 2.0, 3.0])
     ap.add_argument("--top-p", type=float, nargs="+", default=[0.9, 0.95])
+    ap.add_argument("--ema", type=float, default=0.0, help="also a row of priors trained with this ema_decay (RUN-ema)")
     args = ap.parse_args()
     keep_freed_memory()
     init_processes()
@@ -112,7 +113,7 @@ def main() -> None:
     rows.append(row("baseline", scorer, sample(base, args.n), grids))
     for p in args.top_p:
         rows.append(row(f"top-p-{p:g}", scorer, sample(base, args.n, top_p=p), grids, top_p=p))
-    guided_dir = guided_run(run, args.label_dropout)
+    guided_dir = retrained(run, "guided", [f"prior.{lv}.label_dropout={args.label_dropout}" for lv in cfg.vqvae.levels])
     guided = Pipeline.from_pretrained(guided_dir.root, device="cpu")
     rows.append(row("label-dropout", scorer, sample(guided, args.n), grids, label_dropout=args.label_dropout))
     for g in args.guidance:
@@ -122,6 +123,10 @@ def main() -> None:
     best_p = min((r for r in rows if r["top_p"]), key=lambda r: r["fd_domain"])["top_p"]
     rows.append(row(f"guidance-{best_g:g}-top-p-{best_p:g}", scorer, sample(guided, args.n, guidance=best_g, top_p=best_p),
                     grids, guidance=best_g, top_p=best_p, label_dropout=args.label_dropout, equal_cost_acceptance=0.5))
+    if args.ema:  # averaged weights: the priors trained again with a Polyak average of their weights
+        ema_dir = retrained(run, "ema", [f"train_prior.ema_decay={args.ema}"])
+        rows.append(row("ema", scorer, sample(Pipeline.from_pretrained(ema_dir.root, device="cpu"), args.n), grids,
+                        ema=args.ema))
     # class rejection: candidates from the run's own priors, the rejection network's probabilities
     m = candidates_needed(args.n, min(REJECTION_RATES))
     candidates = base(m, seed=args.seed, output="uint8")
