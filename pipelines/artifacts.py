@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import save_file
 
 from vqvae2.pretrained import atomic_write as atomic_write  # part of this module's API
+from vqvae2.hub import file_hash
 from vqvae2.pretrained import load_weights
 
 from .runlock import RunDirBusy as RunDirBusy, RunLock as RunLock  # part of this module's API
@@ -158,12 +159,7 @@ def hash_config(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=_json_default).encode()).hexdigest()[:16]
 
 
-def hash_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
+hash_file = file_hash  # sha256 of a file, first 16 hex digits (vqvae2.hub's)
 
 
 # resumable training state, without pickle

@@ -189,7 +189,7 @@ class _Exploit:
 
 
 def test_crafted_pickle_in_place_of_a_checkpoint_does_not_execute(tmp_path):
-    """A malicious pickle saved as model.safetensors and state files -> refused as corrupted; its code never runs"""
+    """A malicious pickle saved as model.safetensors and state files -> refused, named as a pickle; its code never runs"""
     marker = tmp_path / "pwned"
     _Exploit.marker = marker
     payload = pickle.dumps(_Exploit())
@@ -197,7 +197,7 @@ def test_crafted_pickle_in_place_of_a_checkpoint_does_not_execute(tmp_path):
                                embed_dim=4, codebook_size=8, strides=[2]))
     model.save_pretrained(tmp_path / "m")
     (tmp_path / "m" / "model.safetensors").write_bytes(payload)
-    with pytest.raises(ValueError, match="truncated or corrupted"):
+    with pytest.raises(ValueError, match="is a pickle, not safetensors: refused"):
         VQVAE2.from_pretrained(tmp_path / "m")
     # a crafted training state: every tensor file replaced by the pickle
     opt = torch.optim.Adam(model.parameters())
@@ -206,7 +206,7 @@ def test_crafted_pickle_in_place_of_a_checkpoint_does_not_execute(tmp_path):
         f.write_bytes(payload)
     cfg = TrainConfig(steps=2, batch_size=2, mixed_precision="no")
     data = torch.utils.data.TensorDataset(torch.zeros(4, 1, 8, 8), torch.zeros(4))
-    with pytest.raises(ValueError, match="truncated or corrupted"):
+    with pytest.raises(ValueError, match="is a pickle, not safetensors: refused"):
         train(model, data, cfg, tmp_path, lambda m, b: (m(b[0]).recon.mean(), {}), {"config_hash": "h"})
     assert not marker.exists()
 

@@ -113,25 +113,6 @@ def write_index(directory: Path, levels: list[str], components: dict[str, str], 
     return atomic_write(directory / INDEX_NAME, lambda tmp: Path(tmp).write_text(text))
 
 
-def check_weights(path: Path) -> None:
-    """Refuses a weights file that is not safetensors, from its first bytes only: a pickle or a zip
-    (torch.save's format, which holds a pickle) is named as such and never opened by a loader."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(9)
-    n = int.from_bytes(head[:8], "little")
-    if len(head) == 9 and head[8:9] == b"{" and 8 + n <= size:
-        return  # a safetensors header: 8-byte length, then JSON
-    kind = ("a zip archive (torch.save's format, which holds a pickle)" if head.startswith(b"PK\x03\x04")
-            else "a pickle" if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")
-            else None)
-    if kind is not None:
-        raise ValueError(f"{path} is {kind}, not safetensors: refused without loading it (vqvae2 never unpickles "
-                         f"weights; save them with safetensors)")
-
-
 def file_hash(path: Path) -> str:
     """sha256 of a file, first 16 hex digits (how a prior records the VQ-VAE weights it was trained on)."""
     h = hashlib.sha256()

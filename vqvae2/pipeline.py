@@ -118,8 +118,6 @@ class Pipeline:
         (`revision`: its branch, tag or commit). Reads JSON and safetensors only. Device: CUDA when available."""
         files = hub.locate(hub.resolve(source, revision))
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        for folder in (files.vqvae, *files.priors):
-            hub.check_weights(folder / WEIGHTS_NAME)
         vqvae = VQVAE2.from_pretrained(files.vqvae, map_location=device).eval()
         vqvae_hash = hub.file_hash(files.vqvae / WEIGHTS_NAME)
         for level, folder in zip(files.levels, files.priors):

@@ -40,14 +40,31 @@ def atomic_write(path: str | Path, write) -> Path:
     return path
 
 
+def _not_safetensors(path: Path) -> str | None:
+    """What a file that safetensors refused is, from its first bytes: a pickle or a zip (torch.save's format,
+    which holds a pickle), or None. Nothing here unpickles."""
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if head.startswith(b"PK"):
+        return "a zip archive (torch.save's format, which holds a pickle)"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "a pickle"
+    return None
+
+
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a safetensors file, turning a truncated/corrupted file into an error that names it."""
+    """Read a safetensors file, turning a truncated/corrupted file, or a pickle under its name, into an error
+    that names it (safetensors never unpickles; the pickle is only named)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} does not exist")
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
+        kind = _not_safetensors(path)
+        if kind is not None:
+            raise ValueError(f"{path} is {kind}, not safetensors: refused without loading it (vqvae2 never "
+                             f"unpickles weights; save them with safetensors)") from e
         raise ValueError(
             f"weights file {path} is truncated or corrupted ({e}); delete it and re-run the stage that writes it"
         ) from e
