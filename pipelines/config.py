@@ -222,8 +222,8 @@ class PipelineConfig:
     def _check_guidance(self) -> None:
         """Guidance other than 1 on a class-conditional level needs that level's prior trained with label dropout."""
         g = self.sample.guidance
-        for i, level in enumerate(self.vqvae.levels):
-            scale = g[i] if isinstance(g, list) and i < len(g) else g if not isinstance(g, list) else 1.0
+        scales = g if isinstance(g, list) else [g] * len(self.vqvae.levels)  # a wrong length is named after this
+        for level, scale in zip(self.vqvae.levels, scales):
             settings = self.prior.get(level, {})
             if scale != 1 and settings.get("class_conditional", True) and not settings.get("label_dropout", 0):
                 raise ValueError(f"sample.guidance {scale} for level {level!r} needs its prior trained with label "

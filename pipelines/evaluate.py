@@ -108,17 +108,16 @@ def eval_hash(cfg: PipelineConfig, run: RunDir) -> str:
                         "eval": cfg.hash_dict("eval")["eval"]})
 
 
-def _candidates(cfg: PipelineConfig, run: RunDir, vqvae: VQVAE2, priors, reject_net: Classifier | None,
+def _candidates(cfg: PipelineConfig, run: RunDir, vqvae: VQVAE2, priors, reject_net: Classifier,
                 n_cand: int, labels: torch.Tensor | None) -> SampleStore:
     """The candidates of rejection sampling, with the rejection network's probabilities, in a store."""
     e, s = cfg.eval, cfg.sample
     key = {"priors": [prior_hash(cfg, run, lv) for lv in vqvae.levels], "seed": e.seed,
            "temperature": e.temperature, "top_k": s.top_k, "sampler": s.sampler, **({"top_p": s.top_p} if s.top_p else {}),
            **({"guidance": s.guidance} if s.guidance != 1 else {}),
-           "rejection_classifier": None if reject_net is None else weights_hash(reject_net)}
+           "rejection_classifier": weights_hash(reject_net)}
     store = SampleStore(run.eval / "candidates", n_cand, s.batch_size, key)
-    probs = None if reject_net is None else \
-        (lambda images, lab: {"probs": predict_proba(reject_net, images, batch_size=e.batch_size).numpy()})
+    probs = lambda images, lab: {"probs": predict_proba(reject_net, images, batch_size=e.batch_size).numpy()}
     generate_to_store(vqvae, priors, store, labels, e.seed, e.temperature, s.top_k, s.sampler, extra=probs,
                       desc="eval candidates", top_p=s.top_p, guidance=s.guidance)
     return store
@@ -159,7 +158,7 @@ def evaluate(cfg: PipelineConfig, run: RunDir) -> dict | None:
     store = _candidates(cfg, run, vqvae, priors, reject_net, n_cand, labels)
     if not state.is_main_process:
         return None
-    probs = torch.from_numpy(store.gather("probs")) if reject_net is not None else None
+    probs = torch.from_numpy(store.gather("probs"))
 
     # 2. features: every candidate once, the real validation images once (or their statistics)
     net = FeatureExtractor(spec, device)

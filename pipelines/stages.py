@@ -8,7 +8,7 @@ from functools import partial
 from pathlib import Path
 from typing import Callable
 
-from .artifacts import RunDir, damaged_output
+from .artifacts import RunDir, damaged_output, read_json
 from .config import PipelineConfig, format_temperature
 
 # the groups `vqvae2 run --until` names, in pipeline order (one group per stage, all priors in one)
@@ -161,7 +161,6 @@ def _evaluate(cfg, run):
 
 
 def _describe_eval(cfg, run, m):
-    from .artifacts import read_json
     report = read_json(run.eval / "report.json")
     fd = {f"{r['acceptance_rate']:g}": r["fd"] for r in report["rows"]}
     label = m.get("fd_label", "FD")
