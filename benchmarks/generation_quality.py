@@ -1,20 +1,25 @@
 """Which sampling controls make samples as good as reconstructions? One finished run's priors against
-guidance, nucleus sampling and rejection, at acceptance 1 and at equal numbers of generated samples:
+guidance, nucleus sampling, averaged weights and rejection, at acceptance 1 and at equal numbers of generated
+samples:
 
     python benchmarks/generation_quality.py --run-dir RUN --out F.json --grid-dir DIR [--n 1000]
 
 RUN is a finished run of a labelled preset through its classifier stage (faces128 is the one the targets are
-for). Its VQ-VAE, codes and classifiers are reused; a copy, RUN-guided, trains its priors again with
-prior.<level>.label_dropout (the "no label" class guidance needs). Every row samples --n images and is scored
+for). Its VQ-VAE, codes and classifiers are reused. Priors trained with prior.<level>.label_dropout (the "no
+label" class guidance needs) are guided as they are; otherwise a copy, RUN-guided, trains them again with it.
+Priors trained with train_prior.ema_decay keep their own weights beside the average (prior-<level>/raw): the
+rows use the weights themselves and an `ema` row the average. Every row samples --n images and is scored
 against the validation split with the run's domain classifier (FD-domain, k-NN precision and recall); each
 row's first 64 images are saved as DIR/<row>.png. Rows:
 
-- baseline, and each --top-p, on the run's own priors;
-- the guided priors at guidance 1 (label dropout alone) and at each --guidance, and the best guidance with the
-  best top-p;
-- with --ema D, priors trained again with a Polyak average of their weights (RUN-ema, train_prior.ema_decay=D);
-- class rejection (the run's rejection classifier) at 0.5, 0.25, 0.1: 2, 4 and 10 candidates per sample; a
-  guided sample costs two (one batch of twice the samples), the same as acceptance 0.5.
+- baseline, and each --top-p;
+- ema: the averaged weights (or, with --ema D on a run without them, priors trained again with ema_decay=D);
+- label-dropout (only when RUN-guided was trained), each --guidance, and the best guidance with the best top-p
+  and the better weights;
+- class rejection (the run's rejection network) and realism rejection at 0.5, 0.25, 0.1: 2, 4 and 10
+  candidates per sample; a guided sample costs two (one batch of twice the samples), as acceptance 0.5 does.
+  Realism rejection trains a real-vs-generated classifier (RUN-realism/classifier) on the run's own samples,
+  as stage 3 does for a folder without labels, but the samples here come from the labelled run's priors.
 """
 from __future__ import annotations
 
@@ -34,7 +39,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from machine import describe
 from eval.classifier import Classifier, predict_proba
 from eval.metrics import FeatureExtractor, metrics_from_features
-from eval.rejection import candidates_needed, rejection_sample
+from eval.rejection import candidates_needed, realism_sample, rejection_sample
 from pipelines.allocator import keep_freed_memory
 from pipelines.artifacts import RunDir, save_png
 from pipelines.cli import init_processes, load_run_config
@@ -42,7 +47,9 @@ from pipelines.datasets import build_datasets
 from pipelines.evaluate import extractor_spec, image_batches, reconstructions
 from pipelines.images import grid_image
 from pipelines.run import run_all
+from pipelines.stage3 import REALISM_SEED_OFFSET, train_realism_classifier
 from vqvae2 import Pipeline
+from vqvae2.pixelsnail import PixelSNAIL
 
 REJECTION_RATES = (0.5, 0.25, 0.1)
 
@@ -89,6 +96,34 @@ def row(name: str, scorer: Scorer, images: torch.Tensor, grid_dir: Path, **setti
     return out
 
 
+def raw_pipeline(run: RunDir, averaged: Pipeline) -> Pipeline | None:
+    """The run's priors as trained, when their average is what prior-<level> holds (prior-<level>/raw)."""
+    folders = [run.prior(level) / "raw" for level in averaged.levels]
+    if not all((f / "model.safetensors").is_file() for f in folders):
+        return None
+    priors = [PixelSNAIL.from_pretrained(f, map_location="cpu").eval() for f in folders]
+    return Pipeline(averaged.vqvae, priors, averaged.settings)
+
+
+def guided_pipeline(run: RunDir, cfg, plain: Pipeline, label_dropout: float) -> tuple[Pipeline, bool]:
+    """Priors that can be guided: the run's own when trained with label dropout, else RUN-guided's
+    (trained again); and whether they were trained again."""
+    if all(p.config.label_dropout > 0 for p in plain.priors):
+        return plain, False
+    guided_dir = retrained(run, "guided", [f"prior.{lv}.label_dropout={label_dropout}" for lv in cfg.vqvae.levels])
+    return Pipeline.from_pretrained(guided_dir.root, device="cpu"), True
+
+
+def realism_probs(cfg, run: RunDir, pipe: Pipeline, candidates: torch.Tensor, seed: int) -> tuple[torch.Tensor, dict]:
+    """P(real) of each candidate by a real-vs-generated classifier trained on other samples of `pipe`."""
+    out_dir = Path(f"{run.root}-realism") / "classifier"
+    shutil.rmtree(out_dir, ignore_errors=True)  # its hash names the run's priors, not these weights
+    generated = pipe(cfg.train_classifier.realism_samples, seed=seed + REALISM_SEED_OFFSET, output="uint8").images
+    summary = train_realism_classifier(cfg, run, generated, out_dir)
+    net = Classifier.from_pretrained(out_dir).eval()
+    return predict_proba(net, candidates, batch_size=256)[:, 1], summary
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run-dir", required=True, type=Path)
@@ -96,40 +131,48 @@ def main() -> None:
     ap.add_argument("--grid-dir", required=True, type=Path)
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--label-dropout", type=float, default=0.1)
+    ap.add_argument("--label-dropout", type=float, default=0.1, help="for RUN-guided, when the run's priors have none")
     ap.add_argument("--guidance", type=float, nargs="+", default=[1.5, 2.0, 3.0])
     ap.add_argument("--top-p", type=float, nargs="+", default=[0.9, 0.95])
-    ap.add_argument("--ema", type=float, default=0.0, help="also a row of priors trained with this ema_decay (RUN-ema)")
+    ap.add_argument("--ema", type=float, default=0.0,
+                    help="a run without averaged weights: also a row of priors trained with this ema_decay (RUN-ema)")
+    ap.add_argument("--no-realism", action="store_true", help="skip the realism rejection rows")
     args = ap.parse_args()
     keep_freed_memory()
     init_processes()
     machine, t0 = describe(), time.perf_counter()
     run = RunDir(args.run_dir)
     cfg = load_run_config(run, None, [], write=False)
-    base = Pipeline.from_pretrained(run.root, device="cpu")
-    scorer = Scorer(cfg, run, base)
+    averaged = Pipeline.from_pretrained(run.root, device="cpu")
+    raw = raw_pipeline(run, averaged)
+    plain = raw or averaged
+    ema = cfg.prior_train(cfg.vqvae.levels[0]).ema_decay if raw else args.ema
+    scorer = Scorer(cfg, run, plain)
     sample = lambda pipe, n, **kw: pipe(n, seed=args.seed, output="uint8", **kw).images
     grids, rows = args.grid_dir, []
-    rows.append(row("baseline", scorer, sample(base, args.n), grids))
+    rows.append(row("baseline", scorer, sample(plain, args.n), grids))
     for p in args.top_p:
-        rows.append(row(f"top-p-{p:g}", scorer, sample(base, args.n, top_p=p), grids, top_p=p))
-    guided_dir = retrained(run, "guided", [f"prior.{lv}.label_dropout={args.label_dropout}" for lv in cfg.vqvae.levels])
-    guided = Pipeline.from_pretrained(guided_dir.root, device="cpu")
-    rows.append(row("label-dropout", scorer, sample(guided, args.n), grids, label_dropout=args.label_dropout))
+        rows.append(row(f"top-p-{p:g}", scorer, sample(plain, args.n, top_p=p), grids, top_p=p))
+    if ema:  # averaged weights: the run's own average, or priors trained again with one
+        pipe = averaged if raw else Pipeline.from_pretrained(retrained(run, "ema", [f"train_prior.ema_decay={ema}"]).root,
+                                                             device="cpu")
+        rows.append(row("ema", scorer, sample(pipe, args.n), grids, ema=ema))
+    guided, again = guided_pipeline(run, cfg, plain, args.label_dropout)
+    dropout = guided.priors[0].config.label_dropout
+    if again:
+        rows.append(row("label-dropout", scorer, sample(guided, args.n), grids, label_dropout=dropout))
     for g in args.guidance:
         rows.append(row(f"guidance-{g:g}", scorer, sample(guided, args.n, guidance=g), grids, guidance=g,
-                        label_dropout=args.label_dropout, equal_cost_acceptance=0.5))
+                        label_dropout=dropout, equal_cost_acceptance=0.5))
     best_g = min((r for r in rows if r["guidance"] != 1.0), key=lambda r: r["fd_domain"])["guidance"]
     best_p = min((r for r in rows if r["top_p"]), key=lambda r: r["fd_domain"])["top_p"]
-    rows.append(row(f"guidance-{best_g:g}-top-p-{best_p:g}", scorer, sample(guided, args.n, guidance=best_g, top_p=best_p),
-                    grids, guidance=best_g, top_p=best_p, label_dropout=args.label_dropout, equal_cost_acceptance=0.5))
-    if args.ema:  # averaged weights: the priors trained again with a Polyak average of their weights
-        ema_dir = retrained(run, "ema", [f"train_prior.ema_decay={args.ema}"])
-        rows.append(row("ema", scorer, sample(Pipeline.from_pretrained(ema_dir.root, device="cpu"), args.n), grids,
-                        ema=args.ema))
-    # class rejection: candidates from the run's own priors, the rejection network's probabilities
-    m = candidates_needed(args.n, min(REJECTION_RATES))
-    candidates = base(m, seed=args.seed, output="uint8")
+    use_ema = bool(raw) and not again and rows[0]["fd_domain"] > next(r for r in rows if r["ema"])["fd_domain"]
+    rows.append(row(f"guidance-{best_g:g}-top-p-{best_p:g}" + ("-ema" if use_ema else ""), scorer,
+                    sample(averaged if use_ema else guided, args.n, guidance=best_g, top_p=best_p), grids,
+                    guidance=best_g, top_p=best_p, label_dropout=dropout, ema=ema if use_ema else False,
+                    equal_cost_acceptance=0.5))
+    # rejection: candidates from the run's priors as trained, kept by the rejection network or by realism
+    candidates = plain(candidates_needed(args.n, min(REJECTION_RATES)), seed=args.seed, output="uint8")
     dirs = [run.classifier / "rejection", run.classifier]
     reject = Classifier.from_pretrained(next(d for d in dirs if (d / "model.safetensors").is_file())).eval()
     probs = predict_proba(reject, candidates.images, batch_size=256)
@@ -137,11 +180,18 @@ def main() -> None:
         idx = rejection_sample(candidates.images, probs, args.n, rate, target_classes=candidates.labels)
         rows.append(row(f"class-rejection-{rate:g}", scorer, candidates.images[idx], grids, acceptance_rate=rate,
                         rejection="class"))
+    realism = "not run (--no-realism)"
+    if not args.no_realism:
+        p_real, realism = realism_probs(cfg, run, plain, candidates.images, cfg.eval.seed)
+        for rate in (1.0, *REJECTION_RATES):
+            idx = realism_sample(p_real, args.n, rate, seed=args.seed)
+            rows.append(row(f"realism-rejection-{rate:g}", scorer, candidates.images[idx], grids, acceptance_rate=rate,
+                            rejection="realism"))
     result = {"rows": rows, "reconstruction_fd_domain": scorer.reconstruction["fd_domain"],
               "reconstruction": scorer.reconstruction, "extractor": scorer.spec.name,
               "extractor_trained_on": f"the {cfg.data.name} training split's class labels ({run.classifier})",
-              "realism": "not run here: realism rejection needs a copy of the run with the labels hidden",
-              "n": args.n, "run_dir": str(run.root), "total_seconds": time.perf_counter() - t0,
+              "realism": realism, "weights": "as trained (prior-<level>/raw); ema rows: their average" if raw
+              else "the run's priors", "n": args.n, "run_dir": str(run.root), "total_seconds": time.perf_counter() - t0,
               "command": "python benchmarks/generation_quality.py " + " ".join(sys.argv[1:]), "machine": machine}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2, default=str))

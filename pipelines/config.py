@@ -341,8 +341,11 @@ AUTO_HASHES_AS = {"mixed_precision": "bf16", "channels_last": True}
 
 def train_hash_options(options: dict[str, Any]) -> dict[str, Any]:
     """A [train_*] table (or a level's [prior.<level>.train]) as it enters a stage hash."""
-    return {k: (AUTO_HASHES_AS[k] if k in AUTO_HASHES_AS and v == "auto" else v)
-            for k, v in options.items() if k not in UNHASHED_TRAIN_OPTIONS}
+    hashed = {k: (AUTO_HASHES_AS[k] if k in AUTO_HASHES_AS and v == "auto" else v)
+              for k, v in options.items() if k not in UNHASHED_TRAIN_OPTIONS}
+    if hashed.get("ema_decay", 0) > 0:  # averages before the warm-up (train.ema_decay_at) are not reused
+        hashed["ema_warmup"] = True
+    return hashed
 
 
 # options of other sections that change where or how fast data is made, never what it is

@@ -134,7 +134,10 @@ def train_prior(cfg: PipelineConfig, run: RunDir, level: str) -> dict | None:
                    rank_hashes=result.rank_hashes, codes_per_second=result.items_per_second,
                    n_params=sum(p.numel() for p in result.model.parameters()), ema_weights=tcfg.ema_decay > 0,
                    mixed_precision=tcfg.mixed_precision, settings=settings.to_dict())
-    result.model.save_pretrained(run.prior(level), extra={"config_hash": h, "vqvae_hash": meta["vqvae_hash"]})
+    extra = {"config_hash": h, "vqvae_hash": meta["vqvae_hash"]}
+    result.model.save_pretrained(run.prior(level), extra=extra)
+    if result.raw is not None:  # the weights themselves beside their average, to compare the two
+        result.raw.save_pretrained(run.prior(level) / "raw", extra=extra)
     write_json(run.prior(level) / "metrics.json", metrics)
     acc.wait_for_everyone()
     return metrics

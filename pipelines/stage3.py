@@ -14,6 +14,7 @@ gives the density ratio D / (1 - D) that realism rejection samples by (eval/reje
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -67,19 +68,23 @@ class RealOrGenerated(Dataset):
         return self.generated[i - len(self.indices)].float() / 127.5 - 1, torch.tensor(0)
 
 
-def realism_sets(cfg: PipelineConfig, run: RunDir) -> tuple[Dataset, Dataset]:
+def realism_sets(cfg: PipelineConfig, run: RunDir, generated: torch.Tensor | None = None) -> tuple[Dataset, Dataset]:
     """Train and validation sets of the realism classifier: as many real training images as generated ones
-    (evenly spread over the split), the last tenth of each held out for validation."""
-    from vqvae2.vqvae import VQVAE2
+    (evenly spread over the split), the last tenth of each held out for validation. `generated` (uint8)
+    defaults to train_classifier.realism_samples images of the run's priors, unconditional."""
+    if generated is None:
+        from vqvae2.vqvae import VQVAE2
 
-    from .sample import generate
-    from .stage2 import load_priors
-    device = PartialState().device
-    vqvae = VQVAE2.from_pretrained(run.vqvae, map_location=device).eval()
-    priors = load_priors(run, vqvae.levels, device=device)
-    n, s = cfg.train_classifier.realism_samples, cfg.sample
-    generated, _ = generate(vqvae, priors, n, None, cfg.eval.seed + REALISM_SEED_OFFSET, s.batch_size,
-                            cfg.eval.temperature, s.top_k, s.sampler, top_p=s.top_p)
+        from .sample import generate
+        from .stage2 import load_priors
+        device = PartialState().device
+        vqvae = VQVAE2.from_pretrained(run.vqvae, map_location=device).eval()
+        priors = load_priors(run, vqvae.levels, device=device)
+        s = cfg.sample
+        generated, _ = generate(vqvae, priors, cfg.train_classifier.realism_samples, None,
+                                cfg.eval.seed + REALISM_SEED_OFFSET, s.batch_size, cfg.eval.temperature, s.top_k,
+                                s.sampler, top_p=s.top_p)
+    n = len(generated)
     train_set, _ = build_datasets(cfg.data)
     real = [round(i * len(train_set) / n) for i in range(min(n, len(train_set)))]
     cut_real, cut_gen = len(real) - max(1, len(real) // 10), n - max(1, n // 10)
@@ -87,11 +92,13 @@ def realism_sets(cfg: PipelineConfig, run: RunDir) -> tuple[Dataset, Dataset]:
             RealOrGenerated(train_set, real[cut_real:], generated[cut_gen:]))
 
 
-def train_realism_classifier(cfg: PipelineConfig, run: RunDir) -> dict | None:
-    """The realism classifier of data without class labels, in classifier/."""
-    train_set, val_set = realism_sets(cfg, run)
+def train_realism_classifier(cfg: PipelineConfig, run: RunDir, generated: torch.Tensor | None = None,
+                             out_dir: Path | None = None) -> dict | None:
+    """The realism classifier of data without class labels, in classifier/ (or `out_dir`, for a classifier of
+    other `generated` images than the run's own, as benchmarks/generation_quality.py trains)."""
+    train_set, val_set = realism_sets(cfg, run, generated)
     ccfg = classifier_model_config(cfg.classifier, cfg.vqvae.in_channels, cfg.data.size, 2)
-    h, out_dir = realism_hash(cfg, run), run.classifier
+    h, out_dir = realism_hash(cfg, run), out_dir or run.classifier
     tcfg, settings = machine_settings(cfg.train_classifier, out_dir, "train_classifier")
     acc = make_accelerator(tcfg, out_dir)
     torch.manual_seed(tcfg.seed)
@@ -109,7 +116,7 @@ def train_realism_classifier(cfg: PipelineConfig, run: RunDir) -> dict | None:
                "classifiers": {"realism": {"accuracy": accuracy, "steps": result.steps, "seed": tcfg.seed,
                                            "weights_hash": weights_hash(model), "mixup": tcfg.rejection_mixup,
                                            "real_images": len(train_set.indices) + len(val_set.indices),
-                                           "generated_images": cfg.train_classifier.realism_samples,
+                                           "generated_images": len(train_set.generated) + len(val_set.generated),
                                            "settings": settings.to_dict()}}}
     write_json(out_dir / "metrics.json", summary)
     return summary

@@ -107,6 +107,12 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
 
 
+def ema_decay_at(decay: float, step: int) -> float:
+    """The averaging decay after optimiser step `step` (1-based): (1 + step) / (10 + step) until that reaches
+    `decay`, so the early, random weights leave the average quickly instead of holding decay**steps of it."""
+    return min(decay, (1 + step) / (10 + step))
+
+
 @dataclass
 class TrainResult:
     model: torch.nn.Module  # unwrapped; the Polyak average when ema_decay > 0
@@ -114,6 +120,7 @@ class TrainResult:
     items_per_second: float  # after the first step of this run (which holds one-off set-up work)
     last_logs: dict
     rank_hashes: list[str] | None = None  # under several processes: a hash of every rank's weights and buffers
+    raw: torch.nn.Module | None = None  # the trained weights themselves when `model` is their average
 
 
 class _StopSignal:
@@ -183,8 +190,9 @@ def train(
     if acc.num_processes > 1:
         from accelerate.utils import gather_object
         rank_hashes = gather_object([state_hash(acc.unwrap_model(model))])
-    final = ema if ema is not None else acc.unwrap_model(model)
-    return TrainResult(final, loop.step, rate, logs, rank_hashes)
+    if ema is None:
+        return TrainResult(acc.unwrap_model(model), loop.step, rate, logs, rank_hashes)
+    return TrainResult(ema, loop.step, rate, logs, rank_hashes, raw=acc.unwrap_model(model))
 
 
 def _resume(out_dir: Path, model, optimizer, ema, progress: dict, acc: Accelerator, desc: str) -> int:
@@ -293,9 +301,10 @@ class _Loop:
         if self.ema is None:
             return
         model = self.acc.unwrap_model(self.model)
+        decay = ema_decay_at(self.cfg.ema_decay, self.step)
         with torch.no_grad():
             for pe, p in zip(self.ema.parameters(), model.parameters()):
-                pe.lerp_(p.detach(), 1 - self.cfg.ema_decay)
+                pe.lerp_(p.detach(), 1 - decay)
             for be, b in zip(self.ema.buffers(), model.buffers()):
                 be.copy_(b)
 

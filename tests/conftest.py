@@ -135,12 +135,14 @@ def killed_after(step: int):
         Watcher.on_step = real
 
 
-def finished_run(root, n_per_class: int = 20):
-    """A tiny run of the demo pipeline through every stage, evaluation included (folder data at 16 px)."""
+def finished_run(root, n_per_class: int = 20, extra: tuple[str, ...] = ()):
+    """A tiny run of the demo pipeline through every stage, evaluation included (folder data at 16 px);
+    `extra`: more --set overrides."""
     from pipelines.cli import main
     run = root / "run"
     argv = ["run", "--preset", "demo", "--run-dir", str(run)]
-    for o in [*folder_overrides(make_image_folder(root / "images", n_per_class=n_per_class)), *TINY_PRIORS, *TINY_EVAL]:
+    for o in [*folder_overrides(make_image_folder(root / "images", n_per_class=n_per_class)), *TINY_PRIORS, *TINY_EVAL,
+              *extra]:
         argv += ["--set", o]
     assert main(argv) == 0
     return run

@@ -1,0 +1,87 @@
+"""Averaged prior weights (warm-up decay, the weights themselves kept beside the average) and the
+generation-quality benchmark over a tiny run whose priors were trained with label dropout and an average."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipelines.artifacts import RunDir
+from pipelines.config import train_hash_options
+from pipelines.train import ema_decay_at
+from vqvae2.pretrained import load_weights
+
+from conftest import finished_run
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_the_average_forgets_the_initial_weights_early():
+    """(1 + t) / (10 + t) until the configured decay: after step 1 the initial weights hold 2/11 of the
+    average; the configured decay is reached and never passed; with the plain decay 0.999, 1,600 steps would
+    leave 0.999 ** 1600 ~ 20% of the initialisation, with the warm-up well under 1%"""
+    assert ema_decay_at(0.999, 1) == pytest.approx(2 / 11)
+    assert ema_decay_at(0.999, 10 ** 6) == 0.999
+    assert all(ema_decay_at(0.99, t) <= 0.99 for t in range(1, 5000))
+    left = 1.0
+    for t in range(1, 1601):
+        left *= ema_decay_at(0.999, t)
+    assert left < 0.01 < 0.999 ** 1600
+
+
+def test_averaged_training_hashes_differently_and_plain_training_as_before():
+    plain = {"steps": 10, "lr": 1e-3}
+    assert train_hash_options(plain) == plain
+    assert train_hash_options({**plain, "ema_decay": 0.0}) == {**plain, "ema_decay": 0.0}
+    assert train_hash_options({**plain, "ema_decay": 0.99})["ema_warmup"] is True
+
+
+@pytest.fixture(scope="module")
+def guided_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gq")
+    return finished_run(root, extra=("prior.top.label_dropout=0.3", "prior.bottom.label_dropout=0.3",
+                                     "train_prior.ema_decay=0.9", "train_classifier.realism_samples=16"))
+
+
+def test_priors_keep_their_own_weights_beside_the_average(guided_run):
+    """prior-<level> holds the average (what sampling uses), prior-<level>/raw the weights as trained:
+    the final training state's model weights, and different from the average"""
+    from safetensors.torch import load_file
+    for level in ("top", "bottom"):
+        d = RunDir(guided_run).prior(level)
+        average, raw = load_weights(d / "model.safetensors"), load_weights(d / "raw" / "model.safetensors")
+        assert average.keys() == raw.keys()
+        assert any(not torch.equal(average[k], raw[k]) for k in average)
+        state = d / "state"  # the last training state: the model's weights and their average
+        assert all(torch.equal(load_file(state / "model.safetensors")[k], raw[k]) for k in raw)
+        assert all(torch.equal(load_file(state / "ema.safetensors")[k], average[k]) for k in average)
+        assert json.loads((d / "metrics.json").read_text())["ema_weights"] is True
+
+
+def test_generation_quality_benchmark_rows(guided_run, tmp_path):
+    """every row of the issue's JSON: no RUN-guided copy is trained (the priors have label dropout), an ema
+    row from the run's own average, guided rows, class and realism rejection at equal numbers of candidates"""
+    out, grids = tmp_path / "gq.json", tmp_path / "grids"
+    proc = subprocess.run([sys.executable, "benchmarks/generation_quality.py", "--run-dir", str(guided_run), "--out",
+                           str(out), "--grid-dir", str(grids), "--n", "8", "--guidance", "2", "--top-p", "0.9"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    names = [r["name"] for r in result["rows"]]
+    assert names[:4] == ["baseline", "top-p-0.9", "ema", "guidance-2"]
+    assert names[4].startswith("guidance-2-top-p-0.9")
+    assert names[5:] == ["class-rejection-0.5", "class-rejection-0.25", "class-rejection-0.1", "realism-rejection-1",
+                         "realism-rejection-0.5", "realism-rejection-0.25", "realism-rejection-0.1"]
+    assert not Path(f"{guided_run}-guided").exists()
+    keys = {"name", "acceptance_rate", "rejection", "guidance", "top_p", "ema", "fd_domain", "precision", "recall", "grid"}
+    for r in result["rows"]:
+        assert keys <= r.keys() and Path(r["grid"]).is_file()
+        assert r["fd_domain"] >= 0 and 0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1
+    by = {r["name"]: r for r in result["rows"]}
+    assert by["ema"]["ema"] == 0.9 and by["baseline"]["ema"] is False
+    assert by["realism-rejection-0.1"]["rejection"] == "realism" and by["realism-rejection-0.1"]["acceptance_rate"] == 0.1
+    assert result["realism"]["realism"] is True and result["realism"]["classifiers"]["realism"]["generated_images"] == 16
+    for key in ("reconstruction_fd_domain", "extractor", "total_seconds", "machine"):
+        assert key in result
