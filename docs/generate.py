@@ -392,11 +392,12 @@ def make_tables(R: dict[str, Record]) -> dict:
         """Sampling controls and rejection on one run (benchmarks/generation_quality.py)."""
         d = R[stem_name(name)]
         rows = [[f"`{r['name']}`", f"{r['acceptance_rate']:g}", r["rejection"], f"{r['guidance']:g}",
-                 f"{r['top_p']:g}" if r["top_p"] else "off", f"{r['fd_domain']:.2f}", f"{r['precision']:.3f}",
-                 f"{r['recall']:.3f}"] for r in d.rows]
-        rows.append(["reconstructions (the VQ-VAE alone)", "", "", "", "", f"{d.reconstruction_fd_domain:.2f}",
+                 f"{r['top_p']:g}" if r["top_p"] else "off", f"{r['ema']:g}" if r["ema"] else "off",
+                 f"{r['fd_domain']:.2f}", f"{r['precision']:.3f}", f"{r['recall']:.3f}"] for r in d.rows]
+        rows.append(["reconstructions (the VQ-VAE alone)", "", "", "", "", "", f"{d.reconstruction_fd_domain:.2f}",
                      f"{d.reconstruction.precision:.3f}", f"{d.reconstruction.recall:.3f}"])
-        return table(["row", "acceptance", "rejection", "guidance", "top-p", "FD-domain", "precision", "recall"], rows)
+        return table(["row", "acceptance", "rejection", "guidance", "top-p", "weight average", "FD-domain", "precision",
+                      "recall"], rows)
 
     tables = [demo_time, step_probe, sampling, fid_bias, acceptance, rejection_networks, ablation, presets_profile,
               faults, onednn_affected, generation_quality]

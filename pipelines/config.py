@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from eval.config import ClassifierConfig
-from vqvae2.config import PixelSNAILConfig, VQVAEConfig, _check, from_dict, level_names, to_dict, unknown_key_error
+from vqvae2.config import SAMPLE_SEED_MAX, PixelSNAILConfig, VQVAEConfig, _check, from_dict, level_names, to_dict, unknown_key_error
 
 from .datasets.config import DataConfig
 
@@ -109,9 +109,9 @@ def check_temperature(value: float | list[float], key: str) -> None:
 SEED_MAX = 2 ** 63 - 1  # torch.Generator.manual_seed takes a signed 64-bit integer
 
 
-def check_seed(value: int, key: str) -> None:
-    _check(isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= SEED_MAX,
-           f"{key} must be an integer in [0, 2**63 - 1], got {value}")
+def check_seed(value: int, key: str, largest: int = SEED_MAX) -> None:
+    _check(isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= largest,
+           f"{key} must be an integer in [0, {'2**63 - 1' if largest == SEED_MAX else largest}], got {value}")
 
 
 def format_temperature(value: float | list[float]) -> str:
@@ -143,7 +143,7 @@ class SampleConfig:
         check_guidance(self.guidance, "sample.guidance")
         _check(self.class_label >= -1, f"sample.class_label must be -1 (all classes) or a class index >= 0, "
                                        f"got {self.class_label}")
-        check_seed(self.seed, "sample.seed")
+        check_seed(self.seed, "sample.seed", SAMPLE_SEED_MAX)
         _check(self.sampler in ("cached", "compiled", "reference"),
                f"sample.sampler must be 'cached', 'compiled' or 'reference', got {self.sampler!r}")
 
@@ -169,7 +169,7 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         _check(self.n_samples >= 1, f"eval.n_samples must be >= 1, got {self.n_samples}")
-        check_seed(self.seed, "eval.seed")
+        check_seed(self.seed, "eval.seed", SAMPLE_SEED_MAX)
         _check(len(self.acceptance_rates) >= 1 and all(0 < r <= 1 for r in self.acceptance_rates),
                f"eval.acceptance_rates must be in (0, 1], got {self.acceptance_rates}")
         check_temperature(self.temperature, "eval.temperature")

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vqvae2.config import SAMPLE_SEED_MAX
 from vqvae2.pipeline import Pipeline
 from vqvae2.vqvae import VQVAE2
 
@@ -64,7 +65,7 @@ def vary(cfg: PipelineConfig, run: RunDir, image_path: Path, keep: str, n: int =
         raise ValueError(f"--keep {keep!r}: choose a level with a level below it to resample, one of {levels[:-1]}")
     if n < 1:
         raise ValueError(f"--n must be >= 1, got {n}")
-    check_seed(seed, "--seed")
+    check_seed(seed, "--seed", SAMPLE_SEED_MAX)
     check_temperature(temperature, "--temperature")
     check_guidance(guidance, "--guidance")
     if class_label is not None and class_label < 0:

@@ -130,10 +130,12 @@ def test_training_states_use_unique_temporary_names(tmp_path):
     (["--class", "6"], "--class 6 is outside the model's classes [0, 1]"),
     (["--class", "-5"], "sample.class_label must be -1 (all classes) or a class index >= 0, got -5"),
     (["--temperature", "inf"], "sample.temperature must be finite and > 0"),
-    (["--seed", "123456789012345678901"], "sample.seed must be an integer in [0, 2**63 - 1]"),
+    (["--seed", "123456789012345678901"], "sample.seed must be an integer in [0, 9223343313950]"),
+    (["--seed", "9223343313951"], "sample.seed must be an integer in [0, 9223343313950], got 9223343313951"),
 ])
 def test_a_refused_sample_value_is_not_saved(sampled_run, capsys, flags, message):
-    """`vqvae2 sample` with a value it refuses (--top-k 100000, --class 6, --class -5, --temperature inf, a 20-digit --seed) -> one line naming the value; config.json unchanged, the next sample works"""
+    """`vqvae2 sample` with a value it refuses (--top-k 100000, --class 6, --class -5, --temperature inf, a 20-digit --seed, a seed whose
+    batch seeds would overflow 64 bits) -> one line naming the value; config.json unchanged, the next sample works"""
     config = RunDir(sampled_run).config
     before = config.read_bytes()
     assert main(["sample", "--run-dir", str(sampled_run), *flags]) == 2

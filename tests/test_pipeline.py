@@ -169,3 +169,14 @@ def test_guidance_without_label_dropout_is_refused_when_the_configuration_is_res
     assert main(["sample", "--run-dir", str(run), "--guidance", "2"]) == 2
     err = capsys.readouterr().err
     assert "needs its prior trained with label dropout: set prior.top.label_dropout" in err
+
+
+def test_the_largest_sampling_seed_still_gives_every_batch_its_own_generator():
+    """batch b of seed s draws from s * SEED_STRIDE + b, a signed 64-bit seed: the largest allowed s works for
+    2**32 batches, one more is refused by name instead of overflowing inside torch"""
+    from vqvae2.config import SAMPLE_SEED_MAX
+    from vqvae2.pipeline import batch_generator
+    last, first = batch_generator(SAMPLE_SEED_MAX, 2 ** 32 - 1), batch_generator(SAMPLE_SEED_MAX, 0)
+    assert not torch.equal(torch.rand(4, generator=last), torch.rand(4, generator=first))
+    with pytest.raises(ValueError, match=f"sampling seed {SAMPLE_SEED_MAX + 1} is outside"):
+        batch_generator(SAMPLE_SEED_MAX + 1, 0)

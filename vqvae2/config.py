@@ -82,6 +82,11 @@ def _check(cond: bool, msg: str) -> None:
         raise ValueError(msg)
 
 
+# a sampling seed s draws batch b from torch.Generator().manual_seed(s * SEED_STRIDE + b), a signed 64-bit
+# seed: the largest s leaves room for 2**32 batches and for the offsets stages add to a configured seed
+SEED_STRIDE = 1_000_003
+SAMPLE_SEED_MAX = (2 ** 63 - 1 - 2 ** 32) // SEED_STRIDE - 2 ** 20
+
 @dataclass
 class VQVAEConfig:
     """A hierarchical VQ-VAE. `strides` lists each level's downsampling factor, top first:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from . import hub
-from .config import from_dict
+from .config import SAMPLE_SEED_MAX, SEED_STRIDE, from_dict
 from .pixelsnail import PixelSNAIL
 from .pretrained import WEIGHTS_NAME
 from .sampling import PriorWeights, sample_hierarchy
@@ -59,7 +59,9 @@ class PipelineOutput:
 def batch_generator(seed: int, batch: int) -> torch.Generator:
     """The generator of batch `batch` of `vqvae2 sample --seed seed`: batches are independent of each other,
     so samples depend neither on the number of processes nor on a resume."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + batch)
+    if not 0 <= seed <= SAMPLE_SEED_MAX:
+        raise ValueError(f"sampling seed {seed} is outside [0, {SAMPLE_SEED_MAX}]")
+    return torch.Generator().manual_seed(seed * SEED_STRIDE + batch)
 
 
 def class_labels(n: int, n_classes: int, class_label: int = -1) -> torch.Tensor:
