@@ -34,6 +34,7 @@ from pipelines.cli import init_processes, load_run_config
 from pipelines.datasets import build_datasets
 from pipelines.evaluate import extractor_spec, image_batches
 from pipelines.sample import generate_to_store, sample_labels
+from vqvae2.pipeline import SampleSettings
 from pipelines.sample_store import SampleStore
 from pipelines.stage2 import load_priors, stage_hash as prior_hash
 from vqvae2.vqvae import VQVAE2
@@ -63,7 +64,7 @@ def main() -> None:
     store = SampleStore(run.root / "fid-bias-samples", n_max, cfg.sample.batch_size,
                         {"priors": [prior_hash(cfg, run, lv) for lv in vqvae.levels], "seed": args.seed})
     t0 = time.perf_counter()
-    generate_to_store(vqvae, priors, store, labels, args.seed, desc="fid-bias samples")
+    generate_to_store(vqvae, priors, store, labels, SampleSettings(seed=args.seed), desc="fid-bias samples")
     sample_seconds = time.perf_counter() - t0
 
     spec = extractor_spec(cfg, run)

@@ -31,6 +31,7 @@ from pipelines.datasets import build_datasets
 from pipelines.sample import generate, sample_labels
 from pipelines.stage2 import load_priors
 from pipelines.evaluate import image_batches
+from vqvae2.pipeline import SampleSettings
 from vqvae2.vqvae import VQVAE2
 
 RATES = (1.0, 0.5, 0.25, 0.1)
@@ -72,7 +73,7 @@ def main() -> None:
     if n_classes < 2:
         sys.exit(f"{run.root}: the priors are not class-conditional; this analysis needs labels")
     labels = sample_labels(args.n_candidates, n_classes, -1, conditional=True)
-    images, _ = generate(vqvae, priors, args.n_candidates, labels, 0, cfg.sample.batch_size, 1.0, 0, "cached")
+    images, _ = generate(vqvae, priors, args.n_candidates, labels, SampleSettings(batch_size=cfg.sample.batch_size))
     sample_seconds = time.perf_counter() - t0
 
     feature_net = Classifier.from_pretrained(run.classifier).eval()

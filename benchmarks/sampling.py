@@ -175,14 +175,15 @@ def bench_eval_path(n: int, seed: int) -> dict:
     """What evaluation pays per image: n class-conditional fashion32 samples at the preset's sample
     batch size, all levels with the cached sampler, decoded to uint8 (random weights: time only)."""
     from pipelines.sample import generate, sample_labels
+    from vqvae2.pipeline import SampleSettings
     from vqvae2.vqvae import VQVAE2
     cfg = resolve_config("fashion32")
     torch.manual_seed(seed)
     vqvae = VQVAE2(cfg.vqvae).eval()
     priors = [PixelSNAIL(c).eval() for c in preset_priors("fashion32", 10)]
     labels = sample_labels(n, 10, -1, conditional=True)
-    seconds, (images, _) = _timed(lambda: generate(vqvae, priors, n, labels, seed, cfg.sample.batch_size,
-                                                   progress=False))
+    controls = SampleSettings(seed=seed, batch_size=cfg.sample.batch_size)
+    seconds, (images, _) = _timed(lambda: generate(vqvae, priors, n, labels, controls, progress=False))
     return dict(eval_images_per_second=n / seconds, n=n, seconds=seconds, batch_size=cfg.sample.batch_size,
                 dtype=str(images.dtype), shape=list(images.shape[1:]))
 

@@ -27,7 +27,7 @@ from .artifacts import RunDir, hash_config, save_png, write_json
 from .config import PipelineConfig
 from .datasets import build_datasets
 from .images import grid_image, to_uint8
-from .sample import generate_to_store, sample_labels
+from .sample import generate_to_store, sample_labels, sampling_controls
 from .sample import stage_hash as samples_hash
 from .sample_store import SampleStore
 from .codes import read_codes_meta
@@ -118,8 +118,8 @@ def _candidates(cfg: PipelineConfig, run: RunDir, vqvae: VQVAE2, priors, reject_
            "rejection_classifier": weights_hash(reject_net)}
     store = SampleStore(run.eval / "candidates", n_cand, s.batch_size, key)
     probs = lambda images, lab: {"probs": predict_proba(reject_net, images, batch_size=e.batch_size).numpy()}
-    generate_to_store(vqvae, priors, store, labels, e.seed, e.temperature, s.top_k, s.sampler, extra=probs,
-                      desc="eval candidates", top_p=s.top_p, guidance=s.guidance)
+    generate_to_store(vqvae, priors, store, labels, sampling_controls(s, seed=e.seed, temperature=e.temperature),
+                      extra=probs, desc="eval candidates")
     return store
 
 

@@ -8,6 +8,7 @@ whether the job was killed and resumed. The stage streams batches into a chunked
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Callable
 
@@ -17,11 +18,11 @@ from accelerate import PartialState
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
-from vqvae2.pipeline import Pipeline, batch_generator, class_labels
+from vqvae2.pipeline import Pipeline, SampleSettings, batch_generator, class_labels
 from vqvae2.vqvae import VQVAE2
 
 from .artifacts import RunDir, hash_config, save_png, write_json
-from .config import PipelineConfig
+from .config import PipelineConfig, SampleConfig
 from .images import grid_image
 from .sample_store import SampleStore
 from .stage2 import load_priors, stage_hash as prior_hash
@@ -44,31 +45,36 @@ def sample_labels(n: int, num_classes: int, class_label: int, conditional: bool)
     return class_labels(n, num_classes, class_label)
 
 
+def sampling_controls(s: SampleConfig, **changes) -> SampleSettings:
+    """The run's [sample] values as one set of sampling controls (seed, temperature, top_k, top_p, guidance,
+    sampler, batch_size), with `changes`: evaluation draws with its own seed and temperature."""
+    return dataclasses.replace(SampleSettings.from_mapping(dataclasses.asdict(s)), **changes)
+
+
 @torch.no_grad()
-def sample_batch(vqvae: VQVAE2, priors, b: int, lo: int, hi: int, labels: torch.Tensor | None, seed: int,
-                 temperature: float | list[float] = 1.0, top_k: int = 0, sampler: str = "cached", top_p: float = 0.0,
-                 guidance: float | list[float] = 1.0) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def sample_batch(vqvae: VQVAE2, priors, b: int, lo: int, hi: int, labels: torch.Tensor | None,
+                 controls: SampleSettings) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Samples [lo, hi) of a run of batches: uint8 images (B, C, H, W) on CPU and codes per level: batch b of
-    `pipe(n, seed=seed, batch_size=hi - lo)` (vqvae2.Pipeline, the same code)."""
-    out = Pipeline(vqvae, priors)(hi - lo, labels=None if labels is None else labels[lo:hi], temperature=temperature,
-                                  top_k=top_k, top_p=top_p, guidance=guidance, generator=batch_generator(seed, b),
-                                  batch_size=hi - lo,
-                                  sampler=sampler, output="uint8")
+    `pipe(n, seed=controls.seed, batch_size=hi - lo)` (vqvae2.Pipeline, the same code)."""
+    pipe = Pipeline(vqvae, priors, dataclasses.replace(controls, batch_size=hi - lo))
+    out = pipe(hi - lo, labels=None if labels is None else labels[lo:hi],
+               generator=batch_generator(controls.seed, b), output="uint8")
     return out.images, out.codes
 
 
 @torch.no_grad()
-def generate(vqvae: VQVAE2, priors, n: int, labels: torch.Tensor | None, seed: int, batch_size: int,
-             temperature: float | list[float] = 1.0, top_k: int = 0, sampler: str = "cached", progress: bool = True,
-             top_p: float = 0.0) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """n images (uint8, N C H W) and their codes per level, in memory (small n; the stages use a store)."""
+def generate(vqvae: VQVAE2, priors, n: int, labels: torch.Tensor | None, controls: SampleSettings,
+             progress: bool = True) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """n images (uint8, N C H W) and their codes per level, in memory (small n; the stages use a store),
+    in batches of controls.batch_size."""
     state = PartialState()
-    n_batches = (n + batch_size - 1) // batch_size
+    size = controls.batch_size
+    n_batches = (n + size - 1) // size
     mine = list(range(state.process_index, n_batches, state.num_processes))
     results = []
     for b in tqdm(mine, desc="sample", disable=not (progress and state.is_local_main_process), dynamic_ncols=True):
-        lo, hi = b * batch_size, min(n, (b + 1) * batch_size)
-        images, codes = sample_batch(vqvae, priors, b, lo, hi, labels, seed, temperature, top_k, sampler, top_p)
+        lo, hi = b * size, min(n, (b + 1) * size)
+        images, codes = sample_batch(vqvae, priors, b, lo, hi, labels, controls)
         results.append((b, images, codes))
     if state.num_processes > 1:
         results = gather_object(results)
@@ -79,12 +85,11 @@ def generate(vqvae: VQVAE2, priors, n: int, labels: torch.Tensor | None, seed: i
 
 
 @torch.no_grad()
-def generate_to_store(vqvae: VQVAE2, priors, store: SampleStore, labels: torch.Tensor | None, seed: int,
-                      temperature: float | list[float] = 1.0, top_k: int = 0, sampler: str = "cached",
-                      extra: ExtraFn | None = None, desc: str = "sample", top_p: float = 0.0,
-                      guidance: float | list[float] = 1.0) -> None:
-    """Fills the store's missing chunks (chunk b = sampling batch b), sharing them between processes.
-    `extra(images, labels)` adds per-sample arrays to each chunk (e.g. classifier probabilities)."""
+def generate_to_store(vqvae: VQVAE2, priors, store: SampleStore, labels: torch.Tensor | None,
+                      controls: SampleSettings, extra: ExtraFn | None = None, desc: str = "sample") -> None:
+    """Fills the store's missing chunks (chunk b = sampling batch b, the store's batch size), sharing them
+    between processes. `extra(images, labels)` adds per-sample arrays to each chunk (e.g. classifier
+    probabilities)."""
     state = PartialState()
     if state.is_main_process:
         store.open()
@@ -95,8 +100,7 @@ def generate_to_store(vqvae: VQVAE2, priors, store: SampleStore, labels: torch.T
                unit="batch", postfix={"done": store.n_chunks - len(store.missing())})
     for b in bar:
         lo, hi = store.bounds(b)
-        images, codes = sample_batch(vqvae, priors, b, lo, hi, labels, seed, temperature, top_k, sampler, top_p,
-                                     guidance)
+        images, codes = sample_batch(vqvae, priors, b, lo, hi, labels, controls)
         lab = None if labels is None else labels[lo:hi]
         arrays = {"images": images.numpy(),
                   "labels": (lab if lab is not None else torch.full((hi - lo,), -1)).numpy()}
@@ -123,8 +127,7 @@ def sample_stage(cfg: PipelineConfig, run: RunDir, png_dir: Path | None = None) 
     scorer, scorer_hash = _classifier_scorer(run)
     store = SampleStore(run.samples / "chunks", s.n, s.batch_size,
                         {"config_hash": stage_hash(cfg, run), "classifier": scorer_hash})
-    generate_to_store(vqvae, priors, store, labels, s.seed, s.temperature, s.top_k, s.sampler, extra=scorer,
-                      top_p=s.top_p, guidance=s.guidance)
+    generate_to_store(vqvae, priors, store, labels, sampling_controls(s), extra=scorer)
     if not state.is_main_process:
         return {}
     first = store.images(np.arange(min(64, s.n)))

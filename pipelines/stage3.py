@@ -75,15 +75,14 @@ def realism_sets(cfg: PipelineConfig, run: RunDir, generated: torch.Tensor | Non
     if generated is None:
         from vqvae2.vqvae import VQVAE2
 
-        from .sample import generate
+        from .sample import generate, sampling_controls
         from .stage2 import load_priors
         device = PartialState().device
         vqvae = VQVAE2.from_pretrained(run.vqvae, map_location=device).eval()
         priors = load_priors(run, vqvae.levels, device=device)
-        s = cfg.sample
-        generated, _ = generate(vqvae, priors, cfg.train_classifier.realism_samples, None,
-                                cfg.eval.seed + REALISM_SEED_OFFSET, s.batch_size, cfg.eval.temperature, s.top_k,
-                                s.sampler, top_p=s.top_p)
+        controls = sampling_controls(cfg.sample, seed=cfg.eval.seed + REALISM_SEED_OFFSET,
+                                     temperature=cfg.eval.temperature)
+        generated, _ = generate(vqvae, priors, cfg.train_classifier.realism_samples, None, controls)
     n = len(generated)
     train_set, _ = build_datasets(cfg.data)
     real = [round(i * len(train_set) / n) for i in range(min(n, len(train_set)))]
