@@ -29,6 +29,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import describe
 from pipelines.allocator import keep_freed_memory
 from pipelines.artifacts import RunDir, read_json, write_json
 from pipelines.cli import init_processes, load_run_config
@@ -147,6 +149,7 @@ def main() -> None:
         "classifier_accuracy": read_json(run.classifier / "metrics.json")["accuracy"],
         "stage_seconds": seconds, "total_seconds": sum(seconds.values()) if seconds else None, "resumed": resumed,
         "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "command": "python benchmarks/faces128.py " + " ".join(sys.argv[1:]), "machine": describe(),
     }
     for level in meta["levels"]:
         m = read_json(run.prior(level) / "metrics.json")

@@ -14,8 +14,8 @@ row's first 64 images are saved as DIR/<row>.png. Rows:
 
 - baseline, and each --top-p;
 - ema: the averaged weights (or, with --ema D on a run without them, priors trained again with ema_decay=D);
-- label-dropout (only when RUN-guided was trained), each --guidance, and the best guidance with the best top-p
-  and the better weights;
+- label-dropout (only when RUN-guided was trained), each --guidance, each --ema-guidance on the averaged
+  weights, and the best of those guided rows with the best top-p;
 - class rejection (the run's rejection network) and realism rejection at 0.5, 0.25, 0.1: 2, 4 and 10
   candidates per sample; a guided sample costs two (one batch of twice the samples), as acceptance 0.5 does.
   Realism rejection trains a real-vs-generated classifier (RUN-realism/classifier) on the run's own samples,
@@ -136,6 +136,8 @@ def main() -> None:
     ap.add_argument("--top-p", type=float, nargs="+", default=[0.9, 0.95])
     ap.add_argument("--ema", type=float, default=0.0,
                     help="a run without averaged weights: also a row of priors trained with this ema_decay (RUN-ema)")
+    ap.add_argument("--ema-guidance", type=float, nargs="*", default=[],
+                    help="guidance scales also tried on the averaged weights (a run trained with both)")
     ap.add_argument("--no-realism", action="store_true", help="skip the realism rejection rows")
     args = ap.parse_args()
     keep_freed_memory()
@@ -164,9 +166,13 @@ def main() -> None:
     for g in args.guidance:
         rows.append(row(f"guidance-{g:g}", scorer, sample(guided, args.n, guidance=g), grids, guidance=g,
                         label_dropout=dropout, equal_cost_acceptance=0.5))
-    best_g = min((r for r in rows if r["guidance"] != 1.0), key=lambda r: r["fd_domain"])["guidance"]
+    if raw and not again:  # the averaged weights guided too (they share the priors' "no label" class)
+        for g in args.ema_guidance:
+            rows.append(row(f"guidance-{g:g}-ema", scorer, sample(averaged, args.n, guidance=g), grids, guidance=g,
+                            ema=ema, label_dropout=dropout, equal_cost_acceptance=0.5))
+    best = min((r for r in rows if r["guidance"] != 1.0), key=lambda r: r["fd_domain"])
+    best_g, use_ema = best["guidance"], bool(best["ema"])
     best_p = min((r for r in rows if r["top_p"]), key=lambda r: r["fd_domain"])["top_p"]
-    use_ema = bool(raw) and not again and rows[0]["fd_domain"] > next(r for r in rows if r["ema"])["fd_domain"]
     rows.append(row(f"guidance-{best_g:g}-top-p-{best_p:g}" + ("-ema" if use_ema else ""), scorer,
                     sample(averaged if use_ema else guided, args.n, guidance=best_g, top_p=best_p), grids,
                     guidance=best_g, top_p=best_p, label_dropout=dropout, ema=ema if use_ema else False,
