@@ -76,8 +76,7 @@ def vary(cfg: PipelineConfig, run: RunDir, image_path: Path, keep: str, n: int =
     codes = pipe.encode(image)
     kept = levels.index(keep) + 1
     variations = pipe.vary(image, keep, n, labels=label, temperature=temperature, top_k=0, guidance=guidance,
-                           sampler="cached",
-                           generator=torch.Generator().manual_seed(seed), output="tensor")
+                           sampler="cached", generator=torch.Generator().manual_seed(seed), output="tensor")
     pictures = to_uint8(torch.cat([image, pipe.decode(codes, output="tensor").images, variations.images]))
     out = out or run.root / "vary" / f"{Path(image_path).stem}-keep-{keep}.png"
     # row 1: the image and its reconstruction; then the variations, as many per row as fit

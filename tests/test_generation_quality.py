@@ -31,6 +31,26 @@ def test_the_average_forgets_the_initial_weights_early():
     assert left < 0.01 < 0.999 ** 1600
 
 
+def test_one_step_moves_the_average_by_the_warm_up_decay(tmp_path):
+    """train() for one step with ema_decay 0.999: the average is 2/11 initial weights and 9/11 trained ones
+    (with the plain decay it would stay 999/1000 initial); TrainResult.raw is the trained weights"""
+    from torch.utils.data import TensorDataset
+
+    from pipelines.config import TrainConfig
+    from pipelines.train import train
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    data = TensorDataset(torch.randn(8, 3), torch.randn(8, 2))
+    loss = lambda m, batch: (torch.nn.functional.mse_loss(m(batch[0]), batch[1]), {})
+    cfg = TrainConfig(steps=1, batch_size=8, lr=0.1, warmup_steps=0, mixed_precision="no", channels_last=False,
+                      ema_decay=0.999, log_every=1, save_every=1, num_workers=-1)
+    result = train(model, data, cfg, tmp_path, loss, {"config_hash": "t"})
+    for k, raw in result.raw.state_dict().items():
+        assert not torch.equal(raw, initial[k])
+        assert torch.allclose(result.model.state_dict()[k], initial[k] * 2 / 11 + raw * 9 / 11, atol=1e-6)
+
+
 def test_averaged_training_hashes_differently_and_plain_training_as_before():
     plain = {"steps": 10, "lr": 1e-3}
     assert train_hash_options(plain) == plain
@@ -58,6 +78,21 @@ def test_priors_keep_their_own_weights_beside_the_average(guided_run):
         assert all(torch.equal(load_file(state / "model.safetensors")[k], raw[k]) for k in raw)
         assert all(torch.equal(load_file(state / "ema.safetensors")[k], average[k]) for k in average)
         assert json.loads((d / "metrics.json").read_text())["ema_weights"] is True
+
+
+def test_a_prior_trained_again_without_an_average_drops_the_old_raw_weights(guided_run, tmp_path):
+    """raw/ of an averaged training must not outlive it: trained again with ema_decay 0, prior-<level>/ holds the
+    weights themselves and raw/ is gone (make_stage clears a stage trained for another configuration), else
+    generation_quality.py would take it for this training's weights"""
+    import shutil
+
+    from pipelines.cli import main
+    run = tmp_path / "run"
+    shutil.copytree(guided_run, run)
+    assert main(["train-prior", "--run-dir", str(run), "--level", "top", "--set", "train_prior.ema_decay=0.0"]) == 0
+    top = RunDir(run).prior("top")
+    assert (top / "model.safetensors").is_file() and not (top / "raw").exists()
+    assert json.loads((top / "metrics.json").read_text())["ema_weights"] is False
 
 
 def test_generation_quality_benchmark_rows(guided_run, tmp_path):

@@ -87,6 +87,7 @@ def _check(cond: bool, msg: str) -> None:
 SEED_STRIDE = 1_000_003
 SAMPLE_SEED_MAX = (2 ** 63 - 1 - 2 ** 32) // SEED_STRIDE - 2 ** 20
 
+
 @dataclass
 class VQVAEConfig:
     """A hierarchical VQ-VAE. `strides` lists each level's downsampling factor, top first:
