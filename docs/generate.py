@@ -204,6 +204,17 @@ def machine_text(stem: str, data: Record) -> str:
     return text
 
 
+def cpu_class(data: Record) -> str:
+    """The demo tables' CPU class: native bf16, the AVX2 restriction on such a CPU, or a CPU with AVX2 only."""
+    m = data.machine
+    if m.get("isa_limits") or {}:
+        return "AVX2 restriction"
+    flags = set(m.get("flags", []))
+    if "amx_bf16" in flags or "avx512_bf16" in flags:
+        return "native bf16 (AMX)" if "amx_bf16" in flags else "native bf16 (AVX-512)"
+    return f"AVX2 only ({m['cpu']})" if "avx512f" not in flags else f"AVX-512, no bf16 ({m['cpu']})"
+
+
 def machine_short(stem: str, data: Record) -> str:
     """A table's machine column: "Xeon (AMX)", "AMD EPYC", with "AVX2 restriction" where one was set."""
     m = dict.get(data, "machine")
@@ -238,8 +249,7 @@ def make_tables(R: dict[str, Record]) -> dict:
         rows = []
         for name in files:
             data = R[stem_name(name)]
-            m = data.machine
-            cls = "AVX2 restriction" if (m.get("isa_limits") or {}) else "native bf16 (AMX)"
+            cls = cpu_class(data)
             for run in data.runs:
                 if summary and run["mode"] != "auto":
                     continue
@@ -260,7 +270,7 @@ def make_tables(R: dict[str, Record]) -> dict:
         rows = []
         for name in files:
             data = R[stem_name(name)]
-            cls = "AVX2 restriction" if (data.machine.get("isa_limits") or {}) else "native bf16 (AMX)"
+            cls = cpu_class(data)
             by = {(p["mixed_precision"], p["channels_last"]): p["seconds_per_step"] for p in data.vqvae_step}
             rows.append([cls] + [f"{by[(mp, cl)]:.3f} s" for mp in ("no", "bf16") for cl in (False, True)])
         return table(["CPU class", "fp32, contiguous", "fp32, channels-last", "bf16, contiguous",
