@@ -15,7 +15,10 @@ row's first 64 images are saved as DIR/<row>.png. Rows:
 - baseline, and each --top-p;
 - ema: the averaged weights (or, with --ema D on a run without them, priors trained again with ema_decay=D);
 - label-dropout (only when RUN-guided was trained), each --guidance, each --ema-guidance on the averaged
-  weights, and the best of those guided rows with the best top-p;
+  weights, each --level-guidance (one scale per level, top first, e.g. 4,4,6) on the weights the best guided
+  row used, and the best of those guided rows with the best top-p;
+- guided class rejection: the best guided setting's samples kept by the rejection network at 0.5 (2 guided
+  candidates per sample: the cost of acceptance 0.25);
 - class rejection (the run's rejection network) and realism rejection at 0.5, 0.25, 0.1: 2, 4 and 10
   candidates per sample; a guided sample costs two (one batch of twice the samples), as acceptance 0.5 does.
   Realism rejection trains a real-vs-generated classifier (RUN-realism/classifier) on the run's own samples,
@@ -52,6 +55,18 @@ from vqvae2 import Pipeline
 from vqvae2.pixelsnail import PixelSNAIL
 
 REJECTION_RATES = (0.5, 0.25, 0.1)
+
+
+def scale_name(g) -> str:
+    """A guidance setting in a row's name: 3 -> "3", [4, 4, 6] -> "4-4-6"."""
+    return "-".join(f"{x:g}" for x in g) if isinstance(g, (list, tuple)) else f"{g:g}"
+
+
+def class_rejected(pipe: Pipeline, reject: Classifier, n: int, rate: float, seed: int, **controls) -> torch.Tensor:
+    """n images kept by the rejection network among ceil(n / rate) candidates of `pipe` (class-balanced)."""
+    candidates = pipe(candidates_needed(n, rate), seed=seed, output="uint8", **controls)
+    probs = predict_proba(reject, candidates.images, batch_size=256)
+    return candidates.images[rejection_sample(candidates.images, probs, n, rate, target_classes=candidates.labels)]
 
 
 def retrained(run: RunDir, suffix: str, overrides: list[str]) -> RunDir:
@@ -138,6 +153,8 @@ def main() -> None:
                     help="a run without averaged weights: also a row of priors trained with this ema_decay (RUN-ema)")
     ap.add_argument("--ema-guidance", type=float, nargs="*", default=[],
                     help="guidance scales also tried on the averaged weights (a run trained with both)")
+    ap.add_argument("--level-guidance", nargs="*", default=[], metavar="G,G,...",
+                    help="per-level guidance scales (top first), each a row: e.g. 4,4,6")
     ap.add_argument("--no-realism", action="store_true", help="skip the realism rejection rows")
     args = ap.parse_args()
     keep_freed_memory()
@@ -171,16 +188,30 @@ def main() -> None:
             rows.append(row(f"guidance-{g:g}-ema", scorer, sample(averaged, args.n, guidance=g), grids, guidance=g,
                             ema=ema, label_dropout=dropout, equal_cost_acceptance=0.5))
     best = min((r for r in rows if r["guidance"] != 1.0), key=lambda r: r["fd_domain"])
+    use_ema = bool(best["ema"])
+    for spec in args.level_guidance:  # one scale per level, on the weights the best guided row used
+        g = [float(x) for x in spec.split(",")]
+        rows.append(row(f"guidance-{scale_name(g)}" + ("-ema" if use_ema else ""), scorer,
+                        sample(averaged if use_ema else guided, args.n, guidance=g), grids, guidance=g,
+                        ema=ema if use_ema else False, label_dropout=dropout, equal_cost_acceptance=0.5))
+    best = min((r for r in rows if r["guidance"] != 1.0), key=lambda r: r["fd_domain"])
     best_g, use_ema = best["guidance"], bool(best["ema"])
     best_p = min((r for r in rows if r["top_p"]), key=lambda r: r["fd_domain"])["top_p"]
-    rows.append(row(f"guidance-{best_g:g}-top-p-{best_p:g}" + ("-ema" if use_ema else ""), scorer,
+    rows.append(row(f"guidance-{scale_name(best_g)}-top-p-{best_p:g}" + ("-ema" if use_ema else ""), scorer,
                     sample(averaged if use_ema else guided, args.n, guidance=best_g, top_p=best_p), grids,
                     guidance=best_g, top_p=best_p, label_dropout=dropout, ema=ema if use_ema else False,
                     equal_cost_acceptance=0.5))
-    # rejection: candidates from the run's priors as trained, kept by the rejection network or by realism
-    candidates = plain(candidates_needed(args.n, min(REJECTION_RATES)), seed=args.seed, output="uint8")
     dirs = [run.classifier / "rejection", run.classifier]
     reject = Classifier.from_pretrained(next(d for d in dirs if (d / "model.safetensors").is_file())).eval()
+    # the best guided setting (with or without top-p) under class rejection at 0.5
+    best = min((r for r in rows if r["guidance"] != 1.0), key=lambda r: r["fd_domain"])
+    controls = {"guidance": best["guidance"], **({"top_p": best["top_p"]} if best["top_p"] else {})}
+    images = class_rejected(averaged if best["ema"] else guided, reject, args.n, 0.5, args.seed, **controls)
+    rows.append(row(f"{best['name']}-class-rejection-0.5", scorer, images, grids, acceptance_rate=0.5,
+                    rejection="class", guidance=best["guidance"], top_p=best["top_p"], ema=best["ema"],
+                    label_dropout=dropout, equal_cost_acceptance=0.25))
+    # rejection: candidates from the run's priors as trained, kept by the rejection network or by realism
+    candidates = plain(candidates_needed(args.n, min(REJECTION_RATES)), seed=args.seed, output="uint8")
     probs = predict_proba(reject, candidates.images, batch_size=256)
     for rate in REJECTION_RATES:
         idx = rejection_sample(candidates.images, probs, args.n, rate, target_classes=candidates.labels)

@@ -97,29 +97,38 @@ def test_a_prior_trained_again_without_an_average_drops_the_old_raw_weights(guid
 
 def test_generation_quality_benchmark_rows(guided_run, tmp_path):
     """every row of the issue's JSON: no RUN-guided copy is trained (the priors have label dropout), an ema
-    row from the run's own average, guided rows of both weights and the best of them with top-p, class and
-    realism rejection at equal numbers of candidates"""
+    row from the run's own average, guided rows of both weights, per-level guidance on the better of them, the
+    best guided row with top-p and under class rejection, class and realism rejection at equal numbers of
+    candidates"""
     out, grids = tmp_path / "gq.json", tmp_path / "grids"
     proc = subprocess.run([sys.executable, "benchmarks/generation_quality.py", "--run-dir", str(guided_run), "--out",
                            str(out), "--grid-dir", str(grids), "--n", "8", "--guidance", "2", "--top-p", "0.9",
-                           "--ema-guidance", "2"],
+                           "--ema-guidance", "2", "--level-guidance", "1,3"],
                           cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     names = [r["name"] for r in result["rows"]]
     assert names[:5] == ["baseline", "top-p-0.9", "ema", "guidance-2", "guidance-2-ema"]
-    assert names[5].startswith("guidance-2-top-p-0.9")
-    assert names[6:] == ["class-rejection-0.5", "class-rejection-0.25", "class-rejection-0.1", "realism-rejection-1",
+    by = {r["name"]: r for r in result["rows"]}
+    first = min(result["rows"][3:5], key=lambda r: r["fd_domain"])  # per-level guidance builds on it
+    assert names[5] == "guidance-1-3" + ("-ema" if first["ema"] else "") and result["rows"][5]["guidance"] == [1, 3]
+    best = min(result["rows"][3:6], key=lambda r: r["fd_domain"])  # the combination builds on the best
+    assert names[6] == f"guidance-{best['name'].split('-', 1)[1].removesuffix('-ema')}-top-p-0.9" + \
+        ("-ema" if best["ema"] else "")
+    assert result["rows"][6]["ema"] == best["ema"] and result["rows"][6]["guidance"] == best["guidance"]
+    best = min(result["rows"][3:7], key=lambda r: r["fd_domain"])
+    guided_rejection = result["rows"][7]
+    assert guided_rejection["name"] == best["name"] + "-class-rejection-0.5"
+    assert (guided_rejection["rejection"], guided_rejection["acceptance_rate"]) == ("class", 0.5)
+    assert guided_rejection["guidance"] == best["guidance"] and guided_rejection["equal_cost_acceptance"] == 0.25
+    assert names[8:] == ["class-rejection-0.5", "class-rejection-0.25", "class-rejection-0.1", "realism-rejection-1",
                          "realism-rejection-0.5", "realism-rejection-0.25", "realism-rejection-0.1"]
     assert not Path(f"{guided_run}-guided").exists()
     keys = {"name", "acceptance_rate", "rejection", "guidance", "top_p", "ema", "fd_domain", "precision", "recall", "grid"}
     for r in result["rows"]:
         assert keys <= r.keys() and Path(r["grid"]).is_file()
         assert r["fd_domain"] >= 0 and 0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1
-    by = {r["name"]: r for r in result["rows"]}
     assert by["ema"]["ema"] == 0.9 and by["baseline"]["ema"] is False and by["guidance-2-ema"]["ema"] == 0.9
-    best = min((r for r in result["rows"][3:5]), key=lambda r: r["fd_domain"])  # the combination builds on it
-    assert result["rows"][5]["ema"] == best["ema"] and result["rows"][5]["guidance"] == 2
     assert by["realism-rejection-0.1"]["rejection"] == "realism" and by["realism-rejection-0.1"]["acceptance_rate"] == 0.1
     assert result["realism"]["realism"] is True and result["realism"]["classifiers"]["realism"]["generated_images"] == 16
     for key in ("reconstruction_fd_domain", "extractor", "total_seconds", "machine"):
