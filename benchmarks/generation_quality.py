@@ -129,11 +129,14 @@ def guided_pipeline(run: RunDir, cfg, plain: Pipeline, label_dropout: float) -> 
     return Pipeline.from_pretrained(guided_dir.root, device="cpu"), True
 
 
-def realism_probs(cfg, run: RunDir, pipe: Pipeline, candidates: torch.Tensor, seed: int) -> tuple[torch.Tensor, dict]:
-    """P(real) of each candidate by a real-vs-generated classifier trained on other samples of `pipe`."""
+def realism_probs(cfg, run: RunDir, pipe: Pipeline, candidates: torch.Tensor, seed: int,
+                  **controls) -> tuple[torch.Tensor, dict]:
+    """P(real) of each candidate by a real-vs-generated classifier trained on other samples of `pipe` (drawn with
+    `controls`, e.g. temperature)."""
     out_dir = Path(f"{run.root}-realism") / "classifier"
     shutil.rmtree(out_dir, ignore_errors=True)  # its hash names the run's priors, not these weights
-    generated = pipe(cfg.train_classifier.realism_samples, seed=seed + REALISM_SEED_OFFSET, output="uint8").images
+    generated = pipe(cfg.train_classifier.realism_samples, seed=seed + REALISM_SEED_OFFSET, output="uint8",
+                     **controls).images
     summary = train_realism_classifier(cfg, run, generated, out_dir)
     net = Classifier.from_pretrained(out_dir).eval()
     return predict_proba(net, candidates, batch_size=256)[:, 1], summary

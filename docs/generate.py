@@ -401,7 +401,8 @@ def make_tables(R: dict[str, Record]) -> dict:
     def generation_quality(name):
         """Sampling controls and rejection on one run (benchmarks/generation_quality.py)."""
         d = R[stem_name(name)]
-        rows = [[f"`{r['name']}`", f"{r['acceptance_rate']:g}", r["rejection"], f"{r['guidance']:g}",
+        scale = lambda g: ", ".join(f"{x:g}" for x in g) if isinstance(g, list) else f"{g:g}"  # one, or per level
+        rows = [[f"`{r['name']}`", f"{r['acceptance_rate']:g}", r["rejection"], scale(r["guidance"]),
                  f"{r['top_p']:g}" if r["top_p"] else "off", f"{r['ema']:g}" if r["ema"] else "off",
                  f"{r['fd_domain']:.2f}", f"{r['precision']:.3f}", f"{r['recall']:.3f}"] for r in d.rows]
         rows.append(["reconstructions (the VQ-VAE alone)", "", "", "", "", "", f"{d.reconstruction_fd_domain:.2f}",
@@ -409,13 +410,24 @@ def make_tables(R: dict[str, Record]) -> dict:
         return table(["row", "acceptance", "rejection", "guidance", "top-p", "weight average", "FD-domain", "precision",
                       "recall"], rows)
 
+    def realism_variants(name):
+        """Rejection rules for data without labels (benchmarks/realism_variants.py)."""
+        d = R[stem_name(name)]
+        rows = []
+        for r in d.rows:
+            rates = r["rates"]
+            rows.append([f"`{r['rule']}`"] + [f"{rates[k]['fd_domain']:.2f}" for k in ("1", "0.5", "0.25", "0.1")] +
+                        [f"{rates[k]['precision']:.3f}" for k in ("1", "0.1")] + [f"{r['fd_drop_at_0.1']:.0%}"])
+        return table(["rule", "FD-domain at 1", "0.5", "0.25", "0.1", "precision at 1", "at 0.1",
+                      "FD-domain drop at 0.1"], rows)
+
     def smeared(name):
         """Smeared faces counted by eye in generation-quality grids."""
         d = R[stem_name(name)]
         return "\n".join(f"| `{r['name']}` | {r['first_64']} | {r['first_32']} |" for r in d.rows)
 
     tables = [demo_time, step_probe, sampling, fid_bias, acceptance, rejection_networks, ablation, presets_profile,
-              faults, onednn_affected, generation_quality, smeared]
+              faults, onednn_affected, generation_quality, realism_variants, smeared]
     return {f"{f.__name__}_table": f for f in tables}
 
 

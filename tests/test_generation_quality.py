@@ -133,3 +133,35 @@ def test_generation_quality_benchmark_rows(guided_run, tmp_path):
     assert result["realism"]["realism"] is True and result["realism"]["classifiers"]["realism"]["generated_images"] == 16
     for key in ("reconstruction_fd_domain", "extractor", "total_seconds", "machine"):
         assert key in result
+
+
+def test_quotas_split_places_by_frequency_and_fill_from_the_rest():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from realism_variants import by_quotas, quotas
+    q = quotas(torch.tensor([0, 0, 0, 1]), 3, 5)  # shares 3.75, 1.25, 0: largest remainder goes to stratum 0
+    assert q.tolist() == [4, 1, 0]
+    strata = torch.tensor([0, 1, 1, 1, 0, 0, 1, 1])
+    score = torch.tensor([0.1, 0.9, 0.8, 0.7, 0.2, 0.3, 0.6, 0.5])
+    # 2 of the first 4 (rate 0.5), quotas [1, 1]: stratum 0's only one, stratum 1's best
+    assert by_quotas(strata, torch.tensor([1, 1]), score, 2, 0.5).tolist() == [0, 1]
+    # quota [2, 0] among the first 4 holds one candidate of stratum 0: the other place goes to the best of the rest
+    assert by_quotas(strata, torch.tensor([2, 0]), score, 2, 0.5).tolist() == [0, 1]
+    assert by_quotas(strata, torch.tensor([2, 0]), score, 2, 0.25).tolist() == [4, 5]
+
+
+def test_realism_variants_benchmark_rows(guided_run, tmp_path):
+    """every rule of benchmarks/realism_variants.py scores its kept samples at every rate"""
+    out = tmp_path / "rv.json"
+    proc = subprocess.run([sys.executable, "benchmarks/realism_variants.py", "--run-dir", str(guided_run), "--out",
+                           str(out), "--n", "8", "--kmeans", "2", "--steps", "3"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert [r["rule"] for r in result["rows"]] == [
+        "realism-images", "realism-latent-top", "realism-latent-bottom", "class-confidence", "class-quotas-random",
+        "class-quotas-confidence", "kmeans-2-quotas-random", "kmeans-2-quotas-latent-top",
+        "kmeans-2-quotas-latent-bottom"]
+    for r in result["rows"]:
+        assert list(r["rates"]) == ["1", "0.5", "0.25", "0.1"]
+        assert all(0 <= m["precision"] <= 1 and m["fd_domain"] >= 0 for m in r["rates"].values())
+    assert result["candidates"] == 80 and result["generated_for_realism"] == 16

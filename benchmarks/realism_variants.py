@@ -1,0 +1,202 @@
+"""Why realism rejection does not lower FD-domain, and what would: rejection rules for data without labels,
+compared on one finished labelled run whose labels give the upper bounds.
+
+    python benchmarks/realism_variants.py --run-dir RUN --out F.json [--n 1000] [--temperature 1.0 0.5]
+
+RUN is a finished run of a labelled preset through its classifier stage. Candidates are the run's
+unguided samples (classes spread evenly); each rule keeps --n of the first n / r at r = 0.5, 0.25, 0.1,
+scored as in generation_quality.py (FD-domain, precision and recall by the run's domain classifier
+against the validation split). Rules:
+
+- realism-images: stage 3's realism classifier (real training images against the model's own samples,
+  trained by pipelines.stage3), accepted by its density ratio D / (1 - D), as `vqvae2 evaluate` does;
+- realism-latent-<level>: the same idea on one level's code vectors (the image encoded again by the
+  run's VQ-VAE, both for real and generated images), which hides the decoder's texture from it;
+- class-confidence: the run's rejection network, the probability of its predicted class, no quotas (what a
+  classifier gives without knowing which class a sample was drawn for);
+- class-quotas-random, class-quotas-confidence: the rejection network's predicted class as strata with
+  the training split's class frequencies as quotas, candidates chosen at random or by confidence within
+  a stratum (labels needed: an upper bound for unlabelled data);
+- kmeans-<k>-quotas-random, kmeans-<k>-quotas-latent-<level>: strata from k-means on the top level's code
+  vectors of real training images (no labels), quotas their frequencies, chosen at random or by the
+  latent realism classifier.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from generation_quality import Scorer, raw_pipeline, realism_probs
+from machine import describe
+from eval.classifier import Classifier, ClassifierConfig, predict_proba
+from eval.rejection import candidates_needed, realism_sample
+from pipelines.artifacts import RunDir, write_json
+from pipelines.cli import init_processes, load_run_config
+from pipelines.datasets import build_datasets
+from pipelines.stage3 import REALISM_SEED_OFFSET
+from vqvae2 import Pipeline
+
+RATES = (0.5, 0.25, 0.1)
+
+
+@torch.no_grad()
+def code_vectors(pipe: Pipeline, images: torch.Tensor, level: int) -> torch.Tensor:
+    """One level's quantised code vectors (N, D, h, w) of images (uint8, or float in [-1, 1]) encoded again."""
+    out = []
+    for chunk in images.split(250):
+        x = chunk.float() / 127.5 - 1 if chunk.dtype == torch.uint8 else chunk
+        codes = pipe.vqvae.encode(x)
+        out.append(pipe.vqvae.quantizers[level].lookup(codes[level]).float())
+    return torch.cat(out)
+
+
+def latent_discriminator(real: torch.Tensor, generated: torch.Tensor, steps: int, seed: int = 0) -> Classifier:
+    """Real (label 1) against generated code vectors: the project's classifier with its stem widened to the
+    code dimension (ClassifierConfig admits images only), trained with mixup 0.2 as the rejection network is."""
+    d, s = real.shape[1], real.shape[-1]
+    net = Classifier(ClassifierConfig(in_channels=3, image_size=s, num_classes=2, channels=[32, 64, 128]))
+    stem = net.stem[0]
+    net.stem[0] = torch.nn.Conv2d(d, stem.out_channels, stem.kernel_size, stem.stride, stem.padding, bias=False)
+    net.config.in_channels = d
+    x, y = torch.cat([real, generated]), torch.cat([torch.ones(len(real)), torch.zeros(len(generated))]).long()
+    opt = torch.optim.AdamW(net.parameters(), 2e-3, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=steps, pct_start=0.05)
+    g = torch.Generator().manual_seed(seed)
+    beta = torch.distributions.Beta(0.2, 0.2)
+    torch.manual_seed(seed)
+    net.train()
+    for _ in range(steps):
+        b = torch.randint(len(x), (64,), generator=g)
+        lam, perm = beta.sample((64,)), torch.randperm(64, generator=g)
+        mixed = lam[:, None, None, None] * x[b] + (1 - lam[:, None, None, None]) * x[b][perm]
+        logits = net(mixed)
+        loss = lam * F.cross_entropy(logits, y[b], reduction="none") + \
+            (1 - lam) * F.cross_entropy(logits, y[b][perm], reduction="none")
+        opt.zero_grad()
+        loss.mean().backward()
+        opt.step()
+        sched.step()
+    return net.eval()
+
+
+def kmeans(x: torch.Tensor, k: int, iters: int = 50, seed: int = 0) -> torch.Tensor:
+    """Centroids (k, D) of Lloyd's k-means on rows of x, started from k random rows."""
+    c = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:k]].clone()
+    for _ in range(iters):
+        a = torch.cdist(x, c).argmin(1)
+        for j in range(k):
+            if (a == j).any():
+                c[j] = x[a == j].mean(0)
+    return c
+
+
+def quotas(strata: torch.Tensor, k: int, n: int) -> torch.Tensor:
+    """n places split over k strata by their frequencies in `strata` (largest remainders)."""
+    share = torch.bincount(strata, minlength=k).double() / len(strata) * n
+    q = share.floor().long()
+    q[(share - q).argsort(descending=True)[:n - int(q.sum())]] += 1
+    return q
+
+
+def by_quotas(strata: torch.Tensor, quota: torch.Tensor, score: torch.Tensor, n: int, rate: float) -> torch.Tensor:
+    """Indices (ascending) of n candidates among the first ceil(n / rate): each stratum's quota of its best-scored
+    ones; places a stratum cannot fill go to the best-scored of the rest."""
+    m = candidates_needed(n, rate)
+    chosen = []
+    for j, q in enumerate(quota.tolist()):
+        members = (strata[:m] == j).nonzero().flatten()
+        chosen.append(members[score[members].argsort(descending=True)[:q]])
+    chosen = torch.cat(chosen)
+    if len(chosen) < n:
+        rest = torch.ones(m, dtype=torch.bool)
+        rest[chosen] = False
+        rest = rest.nonzero().flatten()
+        chosen = torch.cat([chosen, rest[score[rest].argsort(descending=True)[:n - len(chosen)]]])
+    return chosen.sort().values
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run-dir", required=True, type=Path)
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--temperature", type=float, nargs="*", default=None, help="per level; default the run's")
+    ap.add_argument("--kmeans", type=int, nargs="*", default=[12], help="numbers of k-means strata")
+    ap.add_argument("--steps", type=int, default=1000, help="training steps of each latent realism classifier")
+    args = ap.parse_args()
+    init_processes()
+    machine, t0 = describe(), time.perf_counter()
+    run = RunDir(args.run_dir)
+    cfg = load_run_config(run, None, [], write=False)
+    averaged = Pipeline.from_pretrained(run.root, device="cpu")
+    pipe = raw_pipeline(run, averaged) or averaged
+    scorer = Scorer(cfg, run, pipe)
+    n, temperature = args.n, args.temperature or None
+    candidates = pipe(candidates_needed(n, min(RATES)), seed=args.seed, output="uint8", temperature=temperature)
+    n_gen = cfg.train_classifier.realism_samples
+    generated = pipe(n_gen, seed=args.seed + REALISM_SEED_OFFSET, output="uint8", temperature=temperature).images
+    train_set, _ = build_datasets(cfg.data)
+    picks = [round(i * len(train_set) / n_gen) for i in range(min(n_gen, len(train_set)))]
+    real = torch.stack([train_set[i][0] for i in picks])
+    real_labels = torch.tensor([int(train_set[i][1]) for i in picks])
+    rows = []
+
+    def add(rule: str, chosen: dict[float, torch.Tensor], **info) -> None:
+        out = {"rule": rule, **info, "rates": {"1": scorer.score(scorer.features(candidates.images[:n]))}}
+        for rate, idx in chosen.items():
+            out["rates"][f"{rate:g}"] = scorer.score(scorer.features(candidates.images[idx]))
+        first, last = out["rates"]["1"], out["rates"][f"{min(RATES):g}"]
+        out["fd_drop_at_0.1"] = 1 - last["fd_domain"] / first["fd_domain"]
+        out["precision_higher_at_0.1"] = last["precision"] > first["precision"]
+        print(json.dumps({k: v for k, v in out.items() if k != "rates"}), flush=True)
+        rows.append(out)
+
+    drs = lambda p: {r: realism_sample(p, n, r, seed=args.seed) for r in RATES}
+    p_images, summary = realism_probs(cfg, run, pipe, candidates.images, cfg.eval.seed, temperature=temperature)
+    add("realism-images", drs(p_images), validation_accuracy=summary["accuracy"])
+    level_of = {name: i for i, name in enumerate(pipe.levels)}
+    p_latent = {}
+    for name, level in level_of.items():
+        net = latent_discriminator(code_vectors(pipe, real, level), code_vectors(pipe, generated, level), args.steps)
+        p_latent[name] = predict_proba(net, code_vectors(pipe, candidates.images, level), batch_size=500)[:, 1]
+        add(f"realism-latent-{name}", drs(p_latent[name]))
+    dirs = [run.classifier / "rejection", run.classifier]
+    reject = Classifier.from_pretrained(next(d for d in dirs if (d / "model.safetensors").is_file())).eval()
+    probs = predict_proba(reject, candidates.images, batch_size=256)
+    confidence, predicted = probs.max(1)
+    add("class-confidence", {r: by_quotas(torch.zeros_like(predicted), torch.tensor([n]), confidence, n, r)
+                             for r in RATES})
+    q = quotas(real_labels, probs.shape[1], n)
+    random_score = torch.rand(len(predicted), generator=torch.Generator().manual_seed(args.seed))
+    add("class-quotas-random", {r: by_quotas(predicted, q, random_score, n, r) for r in RATES})
+    add("class-quotas-confidence", {r: by_quotas(predicted, q, confidence, n, r) for r in RATES})
+    top = pipe.levels[0]
+    real_top = code_vectors(pipe, real, 0).flatten(1)
+    cand_top = code_vectors(pipe, candidates.images, 0).flatten(1)
+    for k in args.kmeans:
+        centroids = kmeans(real_top, k, seed=args.seed)
+        q, strata = quotas(torch.cdist(real_top, centroids).argmin(1), k, n), torch.cdist(cand_top, centroids).argmin(1)
+        add(f"kmeans-{k}-quotas-random", {r: by_quotas(strata, q, random_score, n, r) for r in RATES})
+        for name in pipe.levels:
+            add(f"kmeans-{k}-quotas-latent-{name}", {r: by_quotas(strata, q, p_latent[name], n, r) for r in RATES})
+    result = {"rows": rows, "reconstruction_fd_domain": scorer.reconstruction["fd_domain"], "n": n,
+              "candidates": len(candidates.images), "generated_for_realism": n_gen, "temperature": temperature,
+              "kmeans_on": f"the {top} level's code vectors of {len(real)} training images", "run_dir": str(run.root),
+              "extractor": scorer.spec.name, "total_seconds": time.perf_counter() - t0,
+              "command": "python benchmarks/realism_variants.py " + " ".join(sys.argv[1:]), "machine": machine}
+    write_json(args.out, result)
+
+
+if __name__ == "__main__":
+    main()
