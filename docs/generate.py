@@ -421,13 +421,21 @@ def make_tables(R: dict[str, Record]) -> dict:
         return table(["rule", "FD-domain at 1", "0.5", "0.25", "0.1", "precision at 1", "at 0.1",
                       "FD-domain drop at 0.1"], rows)
 
+    def faces128_cost(name):
+        """The faces128 preset's training steps timed on one machine (benchmarks/faces128_cost.py)."""
+        d = R[stem_name(name)]
+        rows = [[r["stage"], r["mixed_precision"].replace("no", "fp32"), f"{r['seconds_per_step']:.2f} s", f"{r['steps']:,}",
+                 f"{r['projected_seconds'] / 60:.0f}"] for r in d.rows]
+        return table(["stage", "precision", "seconds per step", "steps", "projected minutes"], rows)
+
     def smeared(name):
         """Smeared faces counted by eye in generation-quality grids."""
         d = R[stem_name(name)]
         return "\n".join(f"| `{r['name']}` | {r['first_64']} | {r['first_32']} |" for r in d.rows)
 
     tables = [demo_time, step_probe, sampling, fid_bias, acceptance, rejection_networks, ablation, presets_profile,
-              faults, onednn_affected, generation_quality, realism_variants, smeared]
+              faults, onednn_affected, generation_quality, realism_variants, faces128_cost,
+              smeared]
     return {f"{f.__name__}_table": f for f in tables}
 
 

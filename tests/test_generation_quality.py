@@ -165,3 +165,18 @@ def test_realism_variants_benchmark_rows(guided_run, tmp_path):
         assert list(r["rates"]) == ["1", "0.5", "0.25", "0.1"]
         assert all(0 <= m["precision"] <= 1 and m["fd_domain"] >= 0 for m in r["rates"].values())
     assert result["candidates"] == 80 and result["generated_for_realism"] == 16
+
+
+def test_faces128_cost_projects_every_training_stage(tmp_path):
+    """the projection multiplies each stage's timed step by the preset's steps (the middle prior trains 6,000)"""
+    out = tmp_path / "cost.json"
+    proc = subprocess.run([sys.executable, "benchmarks/faces128_cost.py", "--out", str(out), "--steps", "1"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    rows = {r["stage"]: r for r in result["rows"]}
+    assert list(rows) == ["train-vqvae", "train-prior-top", "train-prior-middle", "train-prior-bottom"]
+    assert rows["train-prior-middle"]["steps"] == 6000 and rows["train-vqvae"]["batch_size"] == 32
+    for r in rows.values():
+        assert r["seconds_per_step"] > 0 and r["projected_seconds"] == pytest.approx(r["seconds_per_step"] * r["steps"])
+    assert result["projected_training_minutes"] == pytest.approx(sum(r["projected_seconds"] for r in rows.values()) / 60)
