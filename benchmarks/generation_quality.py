@@ -44,12 +44,13 @@ from eval.classifier import Classifier, predict_proba
 from eval.metrics import FeatureExtractor, metrics_from_features
 from eval.rejection import candidates_needed, realism_sample, rejection_sample
 from pipelines.allocator import keep_freed_memory
-from pipelines.artifacts import RunDir, save_png
+from pipelines.artifacts import RunDir, save_png, write_json
 from pipelines.cli import init_processes, load_run_config
 from pipelines.datasets import build_datasets
 from pipelines.evaluate import extractor_spec, image_batches, reconstructions
 from pipelines.images import grid_image
 from pipelines.run import run_all
+from pipelines.runlock import RunDirBusy, RunLock
 from pipelines.stage3 import REALISM_SEED_OFFSET, train_realism_classifier
 from vqvae2 import Pipeline
 from vqvae2.pixelsnail import PixelSNAIL
@@ -69,17 +70,29 @@ def class_rejected(pipe: Pipeline, reject: Classifier, n: int, rate: float, seed
     return candidates.images[rejection_sample(candidates.images, probs, n, rate, target_classes=candidates.labels)]
 
 
+def locked(root: Path) -> RunLock:
+    """The run-directory lock of a directory this benchmark reads or writes, acquired (release() it): while
+    another writer (a benchmark, a `vqvae2` command) holds it, this one ends with the holder's name."""
+    try:
+        return RunLock(root, "python " + " ".join(sys.argv)[:200]).acquire()
+    except RunDirBusy as e:
+        raise SystemExit(f"{Path(sys.argv[0]).name}: {e}") from None
+
+
 def retrained(run: RunDir, suffix: str, overrides: list[str]) -> RunDir:
     """RUN-<suffix>: the run's VQ-VAE, codes and classifiers, its priors trained again with `overrides`."""
     guided = RunDir(Path(f"{run.root}-{suffix}"))
-    guided.root.mkdir(exist_ok=True)
-    for part in ("vqvae", "codes", "classifier"):
-        if not (guided.root / part).exists():
-            shutil.copytree(run.root / part, guided.root / part)
-    if not guided.config.is_file():
-        shutil.copy(run.config, guided.config)
-    cfg = load_run_config(guided, None, overrides)
-    run_all(cfg, guided, until="priors")
+    lock = locked(guided.root)
+    try:
+        for part in ("vqvae", "codes", "classifier"):
+            if not (guided.root / part).exists():
+                shutil.copytree(run.root / part, guided.root / part)
+        if not guided.config.is_file():
+            shutil.copy(run.config, guided.config)
+        cfg = load_run_config(guided, None, overrides)
+        run_all(cfg, guided, until="priors")
+    finally:
+        lock.release()
     return guided
 
 
@@ -134,11 +147,15 @@ def realism_probs(cfg, run: RunDir, pipe: Pipeline, candidates: torch.Tensor, se
     """P(real) of each candidate by a real-vs-generated classifier trained on other samples of `pipe` (drawn with
     `controls`, e.g. temperature)."""
     out_dir = Path(f"{run.root}-realism") / "classifier"
-    shutil.rmtree(out_dir, ignore_errors=True)  # its hash names the run's priors, not these weights
-    generated = pipe(cfg.train_classifier.realism_samples, seed=seed + REALISM_SEED_OFFSET, output="uint8",
-                     **controls).images
-    summary = train_realism_classifier(cfg, run, generated, out_dir)
-    net = Classifier.from_pretrained(out_dir).eval()
+    lock = locked(out_dir.parent)
+    try:
+        shutil.rmtree(out_dir, ignore_errors=True)  # its hash names the run's priors, not these weights
+        generated = pipe(cfg.train_classifier.realism_samples, seed=seed + REALISM_SEED_OFFSET, output="uint8",
+                         **controls).images
+        summary = train_realism_classifier(cfg, run, generated, out_dir)
+        net = Classifier.from_pretrained(out_dir).eval()
+    finally:
+        lock.release()
     return predict_proba(net, candidates, batch_size=256)[:, 1], summary
 
 
@@ -164,6 +181,9 @@ def main() -> None:
     init_processes()
     machine, t0 = describe(), time.perf_counter()
     run = RunDir(args.run_dir)
+    if not run.config.is_file():
+        raise SystemExit(f"generation_quality.py: {run.config} does not exist: --run-dir must be a finished run")
+    lock = locked(run.root)  # nothing may change the run while its rows are measured
     cfg = load_run_config(run, None, [], write=False)
     averaged = Pipeline.from_pretrained(run.root, device="cpu")
     raw = raw_pipeline(run, averaged)
@@ -233,8 +253,8 @@ def main() -> None:
               "realism": realism, "weights": "as trained (prior-<level>/raw); ema rows: their average" if raw
               else "the run's priors", "n": args.n, "run_dir": str(run.root), "total_seconds": time.perf_counter() - t0,
               "command": "python benchmarks/generation_quality.py " + " ".join(sys.argv[1:]), "machine": machine}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2, default=str))
+    lock.release()
+    write_json(args.out, result)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from generation_quality import Scorer, raw_pipeline, realism_probs
+from generation_quality import Scorer, locked, raw_pipeline, realism_probs
 from machine import describe
 from eval.classifier import Classifier, ClassifierConfig, predict_proba
 from eval.rejection import candidates_needed, realism_sample
@@ -138,6 +138,9 @@ def main() -> None:
     init_processes()
     machine, t0 = describe(), time.perf_counter()
     run = RunDir(args.run_dir)
+    if not run.config.is_file():
+        raise SystemExit(f"realism_variants.py: {run.config} does not exist: --run-dir must be a finished run")
+    lock = locked(run.root)  # nothing may change the run while it is read
     cfg = load_run_config(run, None, [], write=False)
     averaged = Pipeline.from_pretrained(run.root, device="cpu")
     pipe = raw_pipeline(run, averaged) or averaged
@@ -195,6 +198,7 @@ def main() -> None:
               "kmeans_on": f"the {top} level's code vectors of {len(real)} training images", "run_dir": str(run.root),
               "extractor": scorer.spec.name, "total_seconds": time.perf_counter() - t0,
               "command": "python benchmarks/realism_variants.py " + " ".join(sys.argv[1:]), "machine": machine}
+    lock.release()
     write_json(args.out, result)
 
 

@@ -180,3 +180,17 @@ def test_faces128_cost_projects_every_training_stage(tmp_path):
     for r in rows.values():
         assert r["seconds_per_step"] > 0 and r["projected_seconds"] == pytest.approx(r["seconds_per_step"] * r["steps"])
     assert result["projected_training_minutes"] == pytest.approx(sum(r["projected_seconds"] for r in rows.values()) / 60)
+
+
+def test_generation_quality_refuses_a_run_another_process_writes(guided_run, tmp_path):
+    """the benchmark reads RUN and writes RUN-guided / RUN-realism: a writer holding RUN's lock ends it at once
+    with the holder named, and nothing is written"""
+    from pipelines.runlock import RunLock
+    out = tmp_path / "gq.json"
+    with RunLock(Path(guided_run), "vqvae2 train-prior (held by the test)"):
+        proc = subprocess.run([sys.executable, "benchmarks/generation_quality.py", "--run-dir", str(guided_run),
+                               "--out", str(out), "--grid-dir", str(tmp_path / "grids"), "--n", "8"],
+                              cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0
+    assert "is being written by" in proc.stderr and "held by the test" in proc.stderr, proc.stderr[-2000:]
+    assert not out.exists()
