@@ -60,9 +60,15 @@ def code_vectors(pipe: Pipeline, images: torch.Tensor, level: int) -> torch.Tens
     return torch.cat(out)
 
 
-def latent_discriminator(real: torch.Tensor, generated: torch.Tensor, steps: int, seed: int = 0) -> Classifier:
+def latent_discriminator(real: torch.Tensor, generated: torch.Tensor, steps: int,
+                         seed: int = 0) -> tuple[Classifier, float]:
     """Real (label 1) against generated code vectors: the project's classifier with its stem widened to the
-    code dimension (ClassifierConfig admits images only), trained with mixup 0.2 as the rejection network is."""
+    code dimension (ClassifierConfig admits images only), trained with mixup 0.2 as the rejection network is,
+    on all but the last tenth of each side; and its accuracy on that held-out tenth."""
+    cut_r, cut_g = len(real) - max(1, len(real) // 10), len(generated) - max(1, len(generated) // 10)
+    val_x = torch.cat([real[cut_r:], generated[cut_g:]])
+    val_y = torch.cat([torch.ones(len(real) - cut_r), torch.zeros(len(generated) - cut_g)]).long()
+    real, generated = real[:cut_r], generated[:cut_g]
     d, s = real.shape[1], real.shape[-1]
     net = Classifier(ClassifierConfig(in_channels=3, image_size=s, num_classes=2, channels=[32, 64, 128]))
     stem = net.stem[0]
@@ -86,7 +92,10 @@ def latent_discriminator(real: torch.Tensor, generated: torch.Tensor, steps: int
         loss.mean().backward()
         opt.step()
         sched.step()
-    return net.eval()
+    net.eval()
+    with torch.no_grad():
+        accuracy = float((net(val_x).argmax(1) == val_y).float().mean())
+    return net, accuracy
 
 
 def kmeans(x: torch.Tensor, k: int, iters: int = 50, seed: int = 0) -> torch.Tensor:
@@ -171,9 +180,10 @@ def main() -> None:
     level_of = {name: i for i, name in enumerate(pipe.levels)}
     p_latent = {}
     for name, level in level_of.items():
-        net = latent_discriminator(code_vectors(pipe, real, level), code_vectors(pipe, generated, level), args.steps)
+        net, accuracy = latent_discriminator(code_vectors(pipe, real, level), code_vectors(pipe, generated, level),
+                                             args.steps)
         p_latent[name] = predict_proba(net, code_vectors(pipe, candidates.images, level), batch_size=500)[:, 1]
-        add(f"realism-latent-{name}", drs(p_latent[name]))
+        add(f"realism-latent-{name}", drs(p_latent[name]), validation_accuracy=accuracy)
     dirs = [run.classifier / "rejection", run.classifier]
     reject = Classifier.from_pretrained(next(d for d in dirs if (d / "model.safetensors").is_file())).eval()
     probs = predict_proba(reject, candidates.images, batch_size=256)

@@ -165,6 +165,8 @@ def test_realism_variants_benchmark_rows(guided_run, tmp_path):
         assert list(r["rates"]) == ["1", "0.5", "0.25", "0.1"]
         assert all(0 <= m["precision"] <= 1 and m["fd_domain"] >= 0 for m in r["rates"].values())
     assert result["candidates"] == 80 and result["generated_for_realism"] == 16
+    for r in result["rows"][:3]:  # the realism classifiers' held-out accuracy
+        assert 0 <= r["validation_accuracy"] <= 1
 
 
 def test_faces128_cost_projects_every_training_stage(tmp_path):
