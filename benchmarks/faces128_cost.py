@@ -36,11 +36,11 @@ def main() -> None:
     args = ap.parse_args()
     machine, t0 = describe(), time.perf_counter()
     cfg = resolve_config("faces128")
-    presets_profile.N_CLASSES["faces128"] = len(FACE_CLASS_NAMES)  # the priors are class-conditional
     stages = [("train-vqvae", cfg.train_vqvae)] + [(f"train-prior-{lv}", cfg.prior_train(lv)) for lv in cfg.vqvae.levels]
     rows = []
     for stage, tcfg in stages:
-        row = presets_profile.measure("faces128", stage, tcfg.batch_size, args.steps, False)
+        # the priors are class-conditional, over the synthetic faces' classes
+        row = presets_profile.measure("faces128", stage, tcfg.batch_size, args.steps, False, len(FACE_CLASS_NAMES))
         row["steps"] = tcfg.steps
         row["projected_seconds"] = row["seconds_per_step"] * tcfg.steps
         print(json.dumps(row), flush=True)

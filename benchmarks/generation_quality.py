@@ -210,14 +210,14 @@ def main() -> None:
         for g in args.ema_guidance:
             rows.append(row(f"guidance-{g:g}-ema", scorer, sample(averaged, args.n, guidance=g), grids, guidance=g,
                             ema=ema, label_dropout=dropout, equal_cost_acceptance=0.5))
-    best = min((r for r in rows if r["guidance"] != 1.0), key=lambda r: r["fd_domain"])
-    use_ema = bool(best["ema"])
+    best_guided = lambda: min((r for r in rows if r["guidance"] != 1.0), key=lambda r: r["fd_domain"])
+    use_ema = bool(best_guided()["ema"])
     for spec in args.level_guidance:  # one scale per level, on the weights the best guided row used
         g = [float(x) for x in spec.split(",")]
         rows.append(row(f"guidance-{scale_name(g)}" + ("-ema" if use_ema else ""), scorer,
                         sample(averaged if use_ema else guided, args.n, guidance=g), grids, guidance=g,
                         ema=ema if use_ema else False, label_dropout=dropout, equal_cost_acceptance=0.5))
-    best = min((r for r in rows if r["guidance"] != 1.0), key=lambda r: r["fd_domain"])
+    best = best_guided()
     best_g, use_ema = best["guidance"], bool(best["ema"])
     best_p = min((r for r in rows if r["top_p"]), key=lambda r: r["fd_domain"])["top_p"]
     rows.append(row(f"guidance-{scale_name(best_g)}-top-p-{best_p:g}" + ("-ema" if use_ema else ""), scorer,
@@ -227,7 +227,7 @@ def main() -> None:
     dirs = [run.classifier / "rejection", run.classifier]
     reject = Classifier.from_pretrained(next(d for d in dirs if (d / "model.safetensors").is_file())).eval()
     # the best guided setting (with or without top-p) under class rejection at 0.5
-    best = min((r for r in rows if r["guidance"] != 1.0), key=lambda r: r["fd_domain"])
+    best = best_guided()
     controls = {"guidance": best["guidance"], **({"top_p": best["top_p"]} if best["top_p"] else {})}
     images = class_rejected(averaged if best["ema"] else guided, reject, args.n, 0.5, args.seed, **controls)
     rows.append(row(f"{best['name']}-class-rejection-0.5", scorer, images, grids, acceptance_rate=0.5,

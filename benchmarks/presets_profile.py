@@ -33,8 +33,8 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def measure(preset: str, stage: str, batch: int, steps: int, checkpointing: bool) -> dict:
-    """One measurement, in this (fresh) process."""
+def measure(preset: str, stage: str, batch: int, steps: int, checkpointing: bool, n_classes: int | None = None) -> dict:
+    """One measurement, in this (fresh) process; `n_classes` for a preset outside N_CLASSES."""
     sys.path.insert(0, str(REPO))
     import torch
     from pipelines.config import resolve_config
@@ -49,8 +49,9 @@ def measure(preset: str, stage: str, batch: int, steps: int, checkpointing: bool
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     c = cfg.vqvae
+    n_classes = N_CLASSES[preset] if n_classes is None else n_classes
     meta = {"levels": c.levels, "grid_sizes": c.grid_sizes(), "codebook_size": c.codebook_size,
-            "num_classes": N_CLASSES[preset]}
+            "num_classes": n_classes}
     images = lambda n: torch.rand(n, c.in_channels, c.image_size, c.image_size, generator=g) * 2 - 1
     out = {"preset": preset, "stage": stage, "batch_size": batch, "activation_checkpointing": checkpointing}
 
@@ -102,7 +103,7 @@ def measure(preset: str, stage: str, batch: int, steps: int, checkpointing: bool
     elif stage == "sample":
         vqvae = VQVAE2(c).eval()
         priors = [PixelSNAIL(prior_config(cfg, lv, meta)).eval() for lv in c.levels]
-        labels = torch.zeros(batch, dtype=torch.long) if N_CLASSES[preset] else None
+        labels = torch.zeros(batch, dtype=torch.long) if n_classes else None
 
         def draw():
             with torch.no_grad():

@@ -24,13 +24,15 @@ against the validation split). Rules:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+from torch.utils.data import TensorDataset
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -43,7 +45,8 @@ from eval.rejection import candidates_needed, realism_sample
 from pipelines.artifacts import RunDir, write_json
 from pipelines.cli import init_processes, load_run_config
 from pipelines.datasets import build_datasets
-from pipelines.stage3 import REALISM_SEED_OFFSET
+from pipelines.stage3 import REALISM_SEED_OFFSET, classifier_loss, val_accuracy
+from pipelines.train import machine_settings, train
 from vqvae2 import Pipeline
 
 RATES = (0.5, 0.25, 0.1)
@@ -52,50 +55,32 @@ RATES = (0.5, 0.25, 0.1)
 @torch.no_grad()
 def code_vectors(pipe: Pipeline, images: torch.Tensor, level: int) -> torch.Tensor:
     """One level's quantised code vectors (N, D, h, w) of images (uint8, or float in [-1, 1]) encoded again."""
-    out = []
-    for chunk in images.split(250):
-        x = chunk.float() / 127.5 - 1 if chunk.dtype == torch.uint8 else chunk
-        codes = pipe.vqvae.encode(x)
-        out.append(pipe.vqvae.quantizers[level].lookup(codes[level]).float())
-    return torch.cat(out)
+    return torch.cat([pipe.vqvae.quantizers[level].lookup(pipe.encode(chunk)[level]).float()
+                      for chunk in images.split(250)])
 
 
-def latent_discriminator(real: torch.Tensor, generated: torch.Tensor, steps: int,
-                         seed: int = 0) -> tuple[Classifier, float]:
-    """Real (label 1) against generated code vectors: the project's classifier with its stem widened to the
-    code dimension (ClassifierConfig admits images only), trained with mixup 0.2 as the rejection network is,
-    on all but the last tenth of each side; and its accuracy on that held-out tenth."""
+def latent_discriminator(cfg, real: torch.Tensor, generated: torch.Tensor, steps: int,
+                         out_dir: Path) -> tuple[Classifier, float]:
+    """Real (label 1) against generated code vectors, trained as stage 3 trains its classifiers (pipelines.train
+    with the rejection network's mixup, train_classifier's batch size and learning rate, `steps` steps) on all
+    but the last tenth of each side; and its accuracy on that held-out tenth. The project's classifier with its
+    stem widened to the code dimension (ClassifierConfig admits images only)."""
     cut_r, cut_g = len(real) - max(1, len(real) // 10), len(generated) - max(1, len(generated) // 10)
-    val_x = torch.cat([real[cut_r:], generated[cut_g:]])
-    val_y = torch.cat([torch.ones(len(real) - cut_r), torch.zeros(len(generated) - cut_g)]).long()
-    real, generated = real[:cut_r], generated[:cut_g]
-    d, s = real.shape[1], real.shape[-1]
-    net = Classifier(ClassifierConfig(in_channels=3, image_size=s, num_classes=2, channels=[32, 64, 128]))
+    split = lambda a, b: TensorDataset(torch.cat([a, b]), torch.cat([torch.ones(len(a)), torch.zeros(len(b))]).long())
+    train_set, val_set = split(real[:cut_r], generated[:cut_g]), split(real[cut_r:], generated[cut_g:])
+    net = Classifier(ClassifierConfig(in_channels=3, image_size=real.shape[-1], num_classes=2, channels=[32, 64, 128]))
     stem = net.stem[0]
-    net.stem[0] = torch.nn.Conv2d(d, stem.out_channels, stem.kernel_size, stem.stride, stem.padding, bias=False)
-    net.config.in_channels = d
-    x, y = torch.cat([real, generated]), torch.cat([torch.ones(len(real)), torch.zeros(len(generated))]).long()
-    opt = torch.optim.AdamW(net.parameters(), 2e-3, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=steps, pct_start=0.05)
-    g = torch.Generator().manual_seed(seed)
-    beta = torch.distributions.Beta(0.2, 0.2)
-    torch.manual_seed(seed)
-    net.train()
-    for _ in range(steps):
-        b = torch.randint(len(x), (64,), generator=g)
-        lam, perm = beta.sample((64,)), torch.randperm(64, generator=g)
-        mixed = lam[:, None, None, None] * x[b] + (1 - lam[:, None, None, None]) * x[b][perm]
-        logits = net(mixed)
-        loss = lam * F.cross_entropy(logits, y[b], reduction="none") + \
-            (1 - lam) * F.cross_entropy(logits, y[b][perm], reduction="none")
-        opt.zero_grad()
-        loss.mean().backward()
-        opt.step()
-        sched.step()
-    net.eval()
-    with torch.no_grad():
-        accuracy = float((net(val_x).argmax(1) == val_y).float().mean())
-    return net, accuracy
+    net.stem[0] = torch.nn.Conv2d(real.shape[1], stem.out_channels, stem.kernel_size, stem.stride, stem.padding,
+                                  bias=False)
+    net.config.in_channels = real.shape[1]
+    tcfg = dataclasses.replace(cfg.train_classifier, steps=steps, warmup_steps=min(cfg.train_classifier.warmup_steps,
+                               steps // 10), save_every=steps, log_every=max(1, steps // 10), num_workers=-1)
+    tcfg, _ = machine_settings(tcfg, None, "latent realism classifier")
+    torch.manual_seed(tcfg.seed)
+    shutil.rmtree(out_dir, ignore_errors=True)  # a fresh training, not a resumed one
+    model = train(net, train_set, tcfg, out_dir, classifier_loss(tcfg.rejection_mixup), {"config_hash": "latent"},
+                  desc=f"latent realism {out_dir.name}").model.eval()
+    return model, val_accuracy(model, val_set)
 
 
 def kmeans(x: torch.Tensor, k: int, iters: int = 50, seed: int = 0) -> torch.Tensor:
@@ -177,13 +162,13 @@ def main() -> None:
     drs = lambda p: {r: realism_sample(p, n, r, seed=args.seed) for r in RATES}
     p_images, summary = realism_probs(cfg, run, pipe, candidates.images, cfg.eval.seed, temperature=temperature)
     add("realism-images", drs(p_images), validation_accuracy=summary["accuracy"])
-    level_of = {name: i for i, name in enumerate(pipe.levels)}
-    p_latent = {}
-    for name, level in level_of.items():
-        net, accuracy = latent_discriminator(code_vectors(pipe, real, level), code_vectors(pipe, generated, level),
-                                             args.steps)
+    p_latent, realism_lock = {}, locked(Path(f"{run.root}-realism"))  # where the latent classifiers train
+    for level, name in enumerate(pipe.levels):
+        net, accuracy = latent_discriminator(cfg, code_vectors(pipe, real, level), code_vectors(pipe, generated, level),
+                                             args.steps, Path(f"{run.root}-realism") / f"latent-{name}")
         p_latent[name] = predict_proba(net, code_vectors(pipe, candidates.images, level), batch_size=500)[:, 1]
         add(f"realism-latent-{name}", drs(p_latent[name]), validation_accuracy=accuracy)
+    realism_lock.release()
     dirs = [run.classifier / "rejection", run.classifier]
     reject = Classifier.from_pretrained(next(d for d in dirs if (d / "model.safetensors").is_file())).eval()
     probs = predict_proba(reject, candidates.images, batch_size=256)
