@@ -142,11 +142,11 @@ def guided_pipeline(run: RunDir, cfg, plain: Pipeline, label_dropout: float) -> 
     return Pipeline.from_pretrained(guided_dir.root, device="cpu"), True
 
 
-def realism_probs(cfg, run: RunDir, pipe: Pipeline, candidates: torch.Tensor, seed: int,
+def realism_probs(cfg, run: RunDir, pipe: Pipeline, candidates: torch.Tensor, seed: int, name: str = "classifier",
                   **controls) -> tuple[torch.Tensor, dict]:
-    """P(real) of each candidate by a real-vs-generated classifier trained on other samples of `pipe` (drawn with
-    `controls`, e.g. temperature)."""
-    out_dir = Path(f"{run.root}-realism") / "classifier"
+    """P(real) of each candidate by a real-vs-generated classifier (cfg.train_classifier's, in RUN-realism/<name>)
+    trained on other samples of `pipe` (drawn with `controls`, e.g. temperature)."""
+    out_dir = Path(f"{run.root}-realism") / name
     lock = locked(out_dir.parent)
     try:
         shutil.rmtree(out_dir, ignore_errors=True)  # its hash names the run's priors, not these weights

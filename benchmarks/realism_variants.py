@@ -8,8 +8,11 @@ unguided samples (classes spread evenly); each rule keeps --n of the first n / r
 scored as in generation_quality.py (FD-domain, precision and recall by the run's domain classifier
 against the validation split). Rules:
 
-- realism-images: stage 3's realism classifier (real training images against the model's own samples,
-  trained by pipelines.stage3), accepted by its density ratio D / (1 - D), as `vqvae2 evaluate` does;
+- realism-reconstructions: stage 3's realism classifier (training images reconstructed by the run's VQ-VAE
+  against the model's own samples, trained by pipelines.stage3), accepted by its density ratio D / (1 - D), as
+  `vqvae2 evaluate` does; realism-images: the same against the training images as they are
+  (train_classifier.realism_real = "images", the first rule). Each is trained --realism-seeds times, from
+  consecutive seeds and for --realism-steps steps, one row per seed;
 - realism-latent-<level>: the same idea on one level's code vectors (the image encoded again by the
   run's VQ-VAE, both for real and generated images), which hides the decoder's texture from it;
 - class-confidence: the run's rejection network, the probability of its predicted class, no quotas (what a
@@ -128,7 +131,13 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, nargs="*", default=None, help="per level; default the run's")
     ap.add_argument("--kmeans", type=int, nargs="*", default=[12], help="numbers of k-means strata")
     ap.add_argument("--steps", type=int, default=1000, help="training steps of each latent realism classifier")
+    ap.add_argument("--realism-seeds", type=int, default=3, help="stage 3 realism classifiers trained per rule")
+    ap.add_argument("--realism-steps", type=int, default=0,
+                    help="their training steps (default: the run's train_classifier.steps)")
     args = ap.parse_args()
+    if args.realism_seeds < 1 or args.realism_steps < 0:
+        ap.error(f"--realism-seeds must be >= 1 and --realism-steps >= 0, got {args.realism_seeds} and "
+                 f"{args.realism_steps}")
     init_processes()
     machine, t0 = describe(), time.perf_counter()
     run = RunDir(args.run_dir)
@@ -160,8 +169,15 @@ def main() -> None:
         rows.append(out)
 
     drs = lambda p: {r: realism_sample(p, n, r, seed=args.seed) for r in RATES}
-    p_images, summary = realism_probs(cfg, run, pipe, candidates.images, cfg.eval.seed, temperature=temperature)
-    add("realism-images", drs(p_images), validation_accuracy=summary["accuracy"])
+    steps = args.realism_steps or cfg.train_classifier.steps
+    for rule in ("images", "reconstructions"):
+        for s in range(args.realism_seeds):
+            tc = dataclasses.replace(cfg.train_classifier, realism_real=rule, seed=cfg.train_classifier.seed + s,
+                                     steps=steps, save_every=steps)
+            p_real, summary = realism_probs(dataclasses.replace(cfg, train_classifier=tc), run, pipe, candidates.images,
+                                            cfg.eval.seed, name=f"classifier-{rule}", temperature=temperature)
+            add(f"realism-{rule}", drs(p_real), classifier_seed=tc.seed, steps=steps,
+                validation_accuracy=summary["accuracy"])
     p_latent, realism_lock = {}, locked(Path(f"{run.root}-realism"))  # where the latent classifiers train
     for level, name in enumerate(pipe.levels):
         net, accuracy = latent_discriminator(cfg, code_vectors(pipe, real, level), code_vectors(pipe, generated, level),
@@ -188,8 +204,13 @@ def main() -> None:
         add(f"kmeans-{k}-quotas-random", {r: by_quotas(strata, q, random_score, n, r) for r in RATES})
         for name in pipe.levels:
             add(f"kmeans-{k}-quotas-latent-{name}", {r: by_quotas(strata, q, p_latent[name], n, r) for r in RATES})
-    result = {"rows": rows, "reconstruction_fd_domain": scorer.reconstruction["fd_domain"], "n": n,
-              "candidates": len(candidates.images), "generated_for_realism": n_gen, "temperature": temperature,
+    seeds = {rule: [r["fd_drop_at_0.1"] for r in rows if r["rule"] == rule]
+             for rule in ("realism-images", "realism-reconstructions")}
+    result = {"rows": rows, "realism_fd_drop_at_0.1": {rule: {"per_seed": d, "mean": sum(d) / len(d)}
+                                                       for rule, d in seeds.items() if d},
+              "reconstruction_fd_domain": scorer.reconstruction["fd_domain"], "n": n,
+              "candidates": len(candidates.images), "generated_for_realism": n_gen,
+              "realism_steps": steps, "temperature": temperature,
               "kmeans_on": f"the {top} level's code vectors of {len(real)} training images", "run_dir": str(run.root),
               "extractor": scorer.spec.name, "total_seconds": time.perf_counter() - t0,
               "command": "python benchmarks/realism_variants.py " + " ".join(sys.argv[1:]), "machine": machine}

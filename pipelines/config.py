@@ -73,6 +73,9 @@ class TrainConfig:
         return [name.strip() for name in self.log_with.split(",") if name.strip()]
 
 
+REALISM_REAL = ("reconstructions", "images")
+
+
 @dataclass
 class ClassifierTrainConfig(TrainConfig):
     """Training of the stage-3 classifiers: a TrainConfig plus the rejection network's mixup."""
@@ -84,11 +87,16 @@ class ClassifierTrainConfig(TrainConfig):
     # data without labels: the realism classifier (real against generated) learns from this many of the model's
     # own samples (drawn with another seed than evaluation's) and as many real training images
     realism_samples: int = 1000
+    # what stands for "real" there: "reconstructions" (training images through the VQ-VAE, so both sides carry
+    # the decoder's texture and only what the priors got wrong tells them apart) or "images" as they are
+    realism_real: str = "reconstructions"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check(self.rejection_mixup >= 0, f"rejection_mixup must be >= 0, got {self.rejection_mixup}")
         _check(self.realism_samples >= 2, f"realism_samples must be >= 2, got {self.realism_samples}")
+        _check(self.realism_real in REALISM_REAL,
+               f"realism_real must be one of {', '.join(map(repr, REALISM_REAL))}, got {self.realism_real!r}")
 
 
 def check_guidance(value: float | list[float], key: str) -> None:

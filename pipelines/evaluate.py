@@ -227,8 +227,10 @@ def _reconstruction(vqvae: VQVAE2, val_set, net: FeatureExtractor, real, spec: E
 
 def _rejection_provenance(cfg: PipelineConfig, run: RunDir, reject_net, dirs: dict, accepted_probs: dict) -> dict:
     if "realism" in dirs:
-        return dict(rejection=f"realism: the data has no class labels; a classifier of real against generated images "
-                              f"(classifier/) gives D, and candidates are kept with probability proportional to "
+        real = ("training images reconstructed by the VQ-VAE" if cfg.train_classifier.realism_real == "reconstructions"
+                else "training images")
+        return dict(rejection=f"realism: the data has no class labels; a classifier of real ({real}) against generated "
+                              f"images (classifier/) gives D, and candidates are kept with probability proportional to "
                               f"D / (1 - D), capped at its {REALISM_CAP_QUANTILE:g} quantile",
                     mean_classifier_prob_of_kept={f"{r:g}": p for r, p in accepted_probs.items()},
                     rejection_classifier="classifier", rejection_classifier_hash=weights_hash(reject_net))

@@ -7,9 +7,11 @@ sampling, so the samples are not filtered by the network that then scores them. 
 The rejection network is trained with mixup (`train_classifier.rejection_mixup`), which keeps its
 probabilities from saturating on atypical images; the feature network with plain cross-entropy.
 
-Data without class labels gets one network instead, the realism classifier: real training images against the
-model's own samples (drawn with another seed than evaluation's), whose probability D that an image is real
-gives the density ratio D / (1 - D) that realism rejection samples by (eval/rejection.py).
+Data without class labels gets one network instead, the realism classifier: training images, reconstructed by
+the run's VQ-VAE (`train_classifier.realism_real`), against the model's own samples (drawn with another seed
+than evaluation's), whose probability D that an image is real gives the density ratio D / (1 - D) that
+realism rejection samples by (eval/rejection.py). Against the images themselves it learns the decoder's
+texture, which every sample has, instead of what the priors got wrong (docs/sampling.md).
 """
 from __future__ import annotations
 
@@ -38,8 +40,9 @@ def classifier_dirs(cfg: PipelineConfig, run: RunDir) -> dict[str, "object"]:
 
 
 def classifier_hash(cfg: PipelineConfig) -> str:
-    return hash_config(cfg.hash_dict("data", "classifier", "train_classifier") |
-                       {"rejection": cfg.eval.rejection_classifier})
+    d = cfg.hash_dict("data", "classifier", "train_classifier")
+    d["train_classifier"].pop("realism_real")  # only the realism classifier's: in realism_hash
+    return hash_config(d | {"rejection": cfg.eval.rejection_classifier})
 
 
 # the seed of the samples the realism classifier learns from: eval.seed + this, so never evaluation's own
@@ -48,15 +51,18 @@ REALISM_SEED_OFFSET = 104_729
 
 def realism_hash(cfg: PipelineConfig, run: RunDir) -> str:
     from .stage2 import stage_hash as prior_hash
-    return hash_config({"classifier": classifier_hash(cfg), "realism": cfg.train_classifier.realism_samples,
+    # "images" (the first rule) hashes as before it had a name, so runs trained with it stay finished under it
+    real = {} if cfg.train_classifier.realism_real == "images" else {"real": cfg.train_classifier.realism_real}
+    return hash_config({"classifier": classifier_hash(cfg), "realism": cfg.train_classifier.realism_samples, **real,
                         "priors": [prior_hash(cfg, run, lv) for lv in cfg.vqvae.levels], "seed": cfg.eval.seed,
                         "temperature": cfg.eval.temperature, "top_k": cfg.sample.top_k, "top_p": cfg.sample.top_p})
 
 
 class RealOrGenerated(Dataset):
-    """Real images (label 1) followed by generated ones (uint8 (N, C, H, W), label 0)."""
+    """Real images (label 1: a dataset's images at `real_indices`, or uint8 (N, C, H, W) with indices into it)
+    followed by generated ones (uint8 (N, C, H, W), label 0)."""
 
-    def __init__(self, real: Dataset, real_indices: list[int], generated: torch.Tensor):
+    def __init__(self, real: Dataset | torch.Tensor, real_indices: list[int], generated: torch.Tensor):
         self.real, self.indices, self.generated = real, real_indices, generated
 
     def __len__(self) -> int:
@@ -64,21 +70,23 @@ class RealOrGenerated(Dataset):
 
     def __getitem__(self, i: int):
         if i < len(self.indices):
+            if isinstance(self.real, torch.Tensor):
+                return self.real[self.indices[i]].float() / 127.5 - 1, torch.tensor(1)
             return self.real[self.indices[i]][0], torch.tensor(1)
         return self.generated[i - len(self.indices)].float() / 127.5 - 1, torch.tensor(0)
 
 
 def realism_sets(cfg: PipelineConfig, run: RunDir, generated: torch.Tensor | None = None) -> tuple[Dataset, Dataset]:
     """Train and validation sets of the realism classifier: as many real training images as generated ones
-    (evenly spread over the split), the last tenth of each held out for validation. `generated` (uint8)
-    defaults to train_classifier.realism_samples images of the run's priors, unconditional."""
+    (evenly spread over the split; reconstructed by the run's VQ-VAE unless train_classifier.realism_real is
+    "images"), the last tenth of each held out for validation. `generated` (uint8) defaults to
+    train_classifier.realism_samples images of the run's priors, unconditional."""
+    from vqvae2.vqvae import VQVAE2
+    device = PartialState().device
+    vqvae = VQVAE2.from_pretrained(run.vqvae, map_location=device).eval()
     if generated is None:
-        from vqvae2.vqvae import VQVAE2
-
         from .sample import generate, sampling_controls
         from .stage2 import load_priors
-        device = PartialState().device
-        vqvae = VQVAE2.from_pretrained(run.vqvae, map_location=device).eval()
         priors = load_priors(run, vqvae.levels, device=device)
         controls = sampling_controls(cfg.sample, seed=cfg.eval.seed + REALISM_SEED_OFFSET,
                                      temperature=cfg.eval.temperature)
@@ -86,9 +94,20 @@ def realism_sets(cfg: PipelineConfig, run: RunDir, generated: torch.Tensor | Non
     n = len(generated)
     train_set, _ = build_datasets(cfg.data)
     real = [round(i * len(train_set) / n) for i in range(min(n, len(train_set)))]
+    source: Dataset | torch.Tensor = train_set
+    if cfg.train_classifier.realism_real == "reconstructions":
+        from .evaluate import image_batches, reconstructions
+        source = torch.cat([r.cpu() for r in reconstructions(vqvae, image_batches(Subset(train_set, real)), device)])
+        real = list(range(len(real)))
     cut_real, cut_gen = len(real) - max(1, len(real) // 10), n - max(1, n // 10)
-    return (RealOrGenerated(train_set, real[:cut_real], generated[:cut_gen]),
-            RealOrGenerated(train_set, real[cut_real:], generated[cut_gen:]))
+    return (RealOrGenerated(source, real[:cut_real], generated[:cut_gen]),
+            RealOrGenerated(source, real[cut_real:], generated[cut_gen:]))
+
+
+def realism_mixup(tcfg) -> float:
+    """Mixup of the realism classifier: none against reconstructions, whose density ratios rejection samples by
+    and mixup flattens; against images (which it tells apart from samples at once) the rejection network's."""
+    return 0.0 if tcfg.realism_real == "reconstructions" else tcfg.rejection_mixup
 
 
 def train_realism_classifier(cfg: PipelineConfig, run: RunDir, generated: torch.Tensor | None = None,
@@ -102,7 +121,7 @@ def train_realism_classifier(cfg: PipelineConfig, run: RunDir, generated: torch.
     acc = make_accelerator(tcfg, out_dir)
     torch.manual_seed(tcfg.seed)
     watch = Watcher(out_dir, tcfg, lambda model, batches=tcfg.val_batches: {"accuracy": val_accuracy(model, val_set, batches)})
-    result = train(Classifier(ccfg), train_set, tcfg, out_dir, classifier_loss(tcfg.rejection_mixup),
+    result = train(Classifier(ccfg), train_set, tcfg, out_dir, classifier_loss(realism_mixup(tcfg)),
                    {"config_hash": h, "role": "realism", "settings": settings.to_dict()},
                    accelerator=acc, desc="train-classifier realism", watch=watch)
     if not acc.is_main_process:
@@ -113,8 +132,9 @@ def train_realism_classifier(cfg: PipelineConfig, run: RunDir, generated: torch.
     model.save_pretrained(out_dir, extra={"config_hash": h})
     summary = {"config_hash": h, "accuracy": accuracy, "num_classes": 0, "realism": True,
                "classifiers": {"realism": {"accuracy": accuracy, "steps": result.steps, "seed": tcfg.seed,
-                                           "weights_hash": weights_hash(model), "mixup": tcfg.rejection_mixup,
+                                           "weights_hash": weights_hash(model), "mixup": realism_mixup(tcfg),
                                            "real_images": len(train_set.indices) + len(val_set.indices),
+                                           "real": cfg.train_classifier.realism_real,
                                            "generated_images": len(train_set.generated) + len(val_set.generated),
                                            "settings": settings.to_dict()}}}
     write_json(out_dir / "metrics.json", summary)

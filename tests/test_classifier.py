@@ -114,3 +114,10 @@ def test_rejection_mixup_must_not_be_negative():
     from pipelines.config import resolve_config
     with pytest.raises(ValueError, match="train_classifier.rejection_mixup must be >= 0, got -0.1"):
         resolve_config("demo", ["train_classifier.rejection_mixup=-0.1"])
+
+
+def test_realism_real_must_name_a_rule():
+    from pipelines.config import resolve_config
+    with pytest.raises(ValueError, match="train_classifier.realism_real must be one of 'reconstructions', 'images', "
+                                         "got 'decoded'"):
+        resolve_config("ffhq256", ["train_classifier.realism_real='decoded'"])

@@ -153,20 +153,26 @@ def test_realism_variants_benchmark_rows(guided_run, tmp_path):
     """every rule of benchmarks/realism_variants.py scores its kept samples at every rate"""
     out = tmp_path / "rv.json"
     proc = subprocess.run([sys.executable, "benchmarks/realism_variants.py", "--run-dir", str(guided_run), "--out",
-                           str(out), "--n", "8", "--kmeans", "2", "--steps", "3"],
+                           str(out), "--n", "8", "--kmeans", "2", "--steps", "3", "--realism-seeds", "2",
+                           "--realism-steps", "4"],
                           cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert [r["rule"] for r in result["rows"]] == [
-        "realism-images", "realism-latent-top", "realism-latent-bottom", "class-confidence", "class-quotas-random",
-        "class-quotas-confidence", "kmeans-2-quotas-random", "kmeans-2-quotas-latent-top",
-        "kmeans-2-quotas-latent-bottom"]
+        "realism-images", "realism-images", "realism-reconstructions", "realism-reconstructions", "realism-latent-top",
+        "realism-latent-bottom", "class-confidence", "class-quotas-random", "class-quotas-confidence",
+        "kmeans-2-quotas-random", "kmeans-2-quotas-latent-top", "kmeans-2-quotas-latent-bottom"]
     for r in result["rows"]:
         assert list(r["rates"]) == ["1", "0.5", "0.25", "0.1"]
         assert all(0 <= m["precision"] <= 1 and m["fd_domain"] >= 0 for m in r["rates"].values())
-    assert result["candidates"] == 80 and result["generated_for_realism"] == 16
-    for r in result["rows"][:3]:  # the realism classifiers' held-out accuracy
+    assert result["candidates"] == 80 and result["generated_for_realism"] == 16 and result["realism_steps"] == 4
+    for r in result["rows"][:6]:  # the realism classifiers' held-out accuracy
         assert 0 <= r["validation_accuracy"] <= 1
+    seeds = [r["classifier_seed"] for r in result["rows"][:4]]
+    assert seeds[:2] == seeds[2:] and seeds[1] == seeds[0] + 1
+    drops = result["realism_fd_drop_at_0.1"]["realism-reconstructions"]
+    assert drops["per_seed"] == [r["fd_drop_at_0.1"] for r in result["rows"][2:4]]
+    assert drops["mean"] == pytest.approx(sum(drops["per_seed"]) / 2)
 
 
 def test_faces128_cost_projects_every_training_stage(tmp_path):

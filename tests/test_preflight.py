@@ -87,9 +87,13 @@ def test_unlabelled_folder_runs_end_to_end_with_inception_and_realism_rejection(
     assert "a realism classifier (real against generated)" in capsys.readouterr().out
     summary = json.loads((run / "classifier" / "metrics.json").read_text())
     assert summary["realism"] and summary["classifiers"]["realism"]["generated_images"] == 8
+    # real = training images through the VQ-VAE; plain cross-entropy, so its density ratios are not flattened
+    assert summary["classifiers"]["realism"]["real"] == "reconstructions"
+    assert summary["classifiers"]["realism"]["mixup"] == 0.0
     report = json.loads((run / "eval" / "report.json").read_text())
     assert [r["acceptance_rate"] for r in report["rows"]] == [1.0, 0.5]
-    assert report["provenance"]["rejection"].startswith("realism: the data has no class labels")
+    assert report["provenance"]["rejection"].startswith("realism: the data has no class labels; a classifier of "
+                                                        "real (training images reconstructed by the VQ-VAE)")
     assert set(report["provenance"]["mean_classifier_prob_of_kept"]) == {"1", "0.5"}
     assert report["fd_label"].startswith("FD-inception (non-standard weights")
     from pipelines.artifacts import RunDir

@@ -73,6 +73,56 @@ def test_classifier_metrics_and_both_networks_saved(evaluated_run):
     assert (evaluated_run / "classifier" / "rejection" / "model.safetensors").is_file()
 
 
+def test_realism_classifier_tells_reconstructions_from_samples(evaluated_run):
+    """The realism classifier's real side is training images through the run's VQ-VAE, so both sides carry the
+    decoder; under train_classifier.realism_real = "images" the images themselves"""
+    import dataclasses
+
+    import torch
+
+    from pipelines.artifacts import RunDir
+    from pipelines.cli import load_run_config
+    from pipelines.datasets import build_datasets
+    from pipelines.images import to_uint8
+    from pipelines.stage3 import realism_sets
+    from vqvae2.vqvae import VQVAE2
+    run = RunDir(evaluated_run)
+    cfg = load_run_config(run, None, [], write=False)
+    generated = torch.randint(0, 256, (10, 3, cfg.data.size, cfg.data.size), dtype=torch.uint8,
+                              generator=torch.Generator().manual_seed(0))
+    train, val = realism_sets(cfg, run, generated)
+    images, _ = build_datasets(cfg.data)
+    vqvae = VQVAE2.from_pretrained(run.vqvae).eval()
+    last = round(9 * len(images) / 10)  # the held-out real image: the last of ten spread over the split
+    for (x, y), image in ((train[0], images[0][0]), (val[0], images[last][0])):
+        with torch.no_grad():
+            recon = to_uint8(vqvae.decode_codes(vqvae.encode(image[None])))[0].float() / 127.5 - 1
+        assert y == 1 and (x - recon).abs().max() <= 1.01 / 127.5  # one level of rounding between batch sizes
+        assert (x - image).abs().max() > 0.1  # not the image itself
+    x, y = train[len(train.indices)]
+    assert y == 0 and torch.equal(x, generated[0].float() / 127.5 - 1)
+    as_images = dataclasses.replace(cfg, train_classifier=dataclasses.replace(cfg.train_classifier,
+                                                                               realism_real="images"))
+    train, val = realism_sets(as_images, run, generated)
+    assert torch.equal(train[0][0], images[0][0]) and torch.equal(val[0][0], images[last][0])
+
+
+def test_realism_hash_keeps_the_first_rule_and_the_classifier_hash(monkeypatch):
+    """realism_real = "images" (what the realism classifier learnt before the option) keeps the realism hash of
+    fef1f4e, so runs finished then are not retrained under it; reconstructions hash differently; the labelled
+    classifiers' hash ignores the option"""
+    import dataclasses
+
+    from pipelines import stage2, stage3
+    from pipelines.config import resolve_config
+    monkeypatch.setattr(stage2, "stage_hash", lambda cfg, run, level: f"prior-{level}")
+    cfg = resolve_config("ffhq256")
+    images = dataclasses.replace(cfg, train_classifier=dataclasses.replace(cfg.train_classifier, realism_real="images"))
+    assert stage3.realism_hash(images, None) == "a496363e82ad0bdc"  # at fef1f4e, with the priors' hashes stubbed
+    assert stage3.realism_hash(cfg, None) != "a496363e82ad0bdc"
+    assert stage3.classifier_hash(images) == stage3.classifier_hash(cfg)
+
+
 def test_inception_without_weights_is_a_clear_error(evaluated_run, tmp_path, capsys):
     code = main(["evaluate", "--run-dir", str(evaluated_run), "--feature-extractor", "inception",
                  "--inception-weights", str(tmp_path / "missing.pth")])
