@@ -1,7 +1,7 @@
 """Why realism rejection does not lower FD-domain, and what would: rejection rules for data without labels,
 compared on one finished labelled run whose labels give the upper bounds.
 
-    python benchmarks/realism_variants.py --run-dir RUN --out F.json [--n 1000] [--temperature 1.0 0.5]
+    python benchmarks/realism_variants.py --run-dir RUN --out F.json [--n 1000] [--grid-dir DIR]
 
 RUN is a finished run of a labelled preset through its classifier stage. Candidates are the run's
 unguided samples (classes spread evenly); each rule keeps --n of the first n / r at r = 0.5, 0.25, 0.1,
@@ -12,7 +12,8 @@ against the validation split). Rules:
   against the model's own samples, trained by pipelines.stage3), accepted by its density ratio D / (1 - D), as
   `vqvae2 evaluate` does; realism-images: the same against the training images as they are
   (train_classifier.realism_real = "images", the first rule). Each is trained --realism-seeds times, from
-  consecutive seeds and for --realism-steps steps, one row per seed;
+  consecutive seeds and for --realism-steps steps, one row per seed; with --grid-dir, DIR/realism-<rule>.png
+  shows the 32 candidates the first seed's classifier ranks highest (top four rows) and the 32 it ranks lowest;
 - realism-latent-<level>: the same idea on one level's code vectors (the image encoded again by the
   run's VQ-VAE, both for real and generated images), which hides the decoder's texture from it;
 - class-confidence: the run's rejection network, the probability of its predicted class, no quotas (what a
@@ -23,6 +24,9 @@ against the validation split). Rules:
 - kmeans-<k>-quotas-random, kmeans-<k>-quotas-latent-<level>: strata from k-means on the top level's code
   vectors of real training images (no labels), quotas their frequencies, chosen at random or by the
   latent realism classifier.
+
+The JSON's predicted_class_mix holds the shares of the rejection network's predicted classes among the training
+images, the first n candidates, and those the first seed of each realism rule keeps at 0.1.
 """
 from __future__ import annotations
 
@@ -45,9 +49,10 @@ from generation_quality import Scorer, locked, raw_pipeline, realism_probs
 from machine import describe
 from eval.classifier import Classifier, ClassifierConfig, predict_proba
 from eval.rejection import candidates_needed, realism_sample
-from pipelines.artifacts import RunDir, write_json
+from pipelines.artifacts import RunDir, save_png, write_json
 from pipelines.cli import init_processes, load_run_config
 from pipelines.datasets import build_datasets
+from pipelines.images import grid_image
 from pipelines.stage3 import REALISM_SEED_OFFSET, classifier_loss, val_accuracy
 from pipelines.train import machine_settings, train
 from vqvae2 import Pipeline
@@ -131,6 +136,7 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, nargs="*", default=None, help="per level; default the run's")
     ap.add_argument("--kmeans", type=int, nargs="*", default=[12], help="numbers of k-means strata")
     ap.add_argument("--steps", type=int, default=1000, help="training steps of each latent realism classifier")
+    ap.add_argument("--grid-dir", type=Path, default=None, help="pictures of what each realism rule ranks")
     ap.add_argument("--realism-seeds", type=int, default=3, help="stage 3 realism classifiers trained per rule")
     ap.add_argument("--realism-steps", type=int, default=0,
                     help="their training steps (default: the run's train_classifier.steps)")
@@ -169,15 +175,21 @@ def main() -> None:
         rows.append(out)
 
     drs = lambda p: {r: realism_sample(p, n, r, seed=args.seed) for r in RATES}
-    steps = args.realism_steps or cfg.train_classifier.steps
+    steps, first_kept = args.realism_steps or cfg.train_classifier.steps, {}
     for rule in ("images", "reconstructions"):
         for s in range(args.realism_seeds):
             tc = dataclasses.replace(cfg.train_classifier, realism_real=rule, seed=cfg.train_classifier.seed + s,
                                      steps=steps, save_every=steps)
             p_real, summary = realism_probs(dataclasses.replace(cfg, train_classifier=tc), run, pipe, candidates.images,
                                             cfg.eval.seed, name=f"classifier-{rule}", temperature=temperature)
-            add(f"realism-{rule}", drs(p_real), classifier_seed=tc.seed, steps=steps,
-                validation_accuracy=summary["accuracy"])
+            chosen = drs(p_real)
+            add(f"realism-{rule}", chosen, classifier_seed=tc.seed, steps=steps, validation_accuracy=summary["accuracy"])
+            if s == 0:
+                first_kept[f"realism-{rule} at {min(RATES):g} (seed {tc.seed})"] = chosen[min(RATES)]
+            if args.grid_dir is not None and s == 0:
+                order = p_real.argsort(descending=True)
+                save_png(args.grid_dir / f"realism-{rule}.png",
+                         grid_image(candidates.images[torch.cat([order[:32], order[-32:]])], nrow=8))
     p_latent, realism_lock = {}, locked(Path(f"{run.root}-realism"))  # where the latent classifiers train
     for level, name in enumerate(pipe.levels):
         net, accuracy = latent_discriminator(cfg, code_vectors(pipe, real, level), code_vectors(pipe, generated, level),
@@ -189,6 +201,9 @@ def main() -> None:
     reject = Classifier.from_pretrained(next(d for d in dirs if (d / "model.safetensors").is_file())).eval()
     probs = predict_proba(reject, candidates.images, batch_size=256)
     confidence, predicted = probs.max(1)
+    share = lambda classes: (torch.bincount(classes, minlength=probs.shape[1]) / len(classes)).tolist()
+    class_mix = {"training images": share(predict_proba(reject, real, batch_size=256).argmax(1)),
+                 "candidates": share(predicted[:n]), **{k: share(predicted[idx]) for k, idx in first_kept.items()}}
     add("class-confidence", {r: by_quotas(torch.zeros_like(predicted), torch.tensor([n]), confidence, n, r)
                              for r in RATES})
     q = quotas(real_labels, probs.shape[1], n)
@@ -211,7 +226,7 @@ def main() -> None:
               "reconstruction_fd_domain": scorer.reconstruction["fd_domain"], "n": n,
               "candidates": len(candidates.images), "generated_for_realism": n_gen,
               "realism_steps": steps, "temperature": temperature,
-              "kmeans_on": f"the {top} level's code vectors of {len(real)} training images", "run_dir": str(run.root),
+              "predicted_class_mix": class_mix, "kmeans_on": f"the {top} level's code vectors of {len(real)} training images", "run_dir": str(run.root),
               "extractor": scorer.spec.name, "total_seconds": time.perf_counter() - t0,
               "command": "python benchmarks/realism_variants.py " + " ".join(sys.argv[1:]), "machine": machine}
     lock.release()

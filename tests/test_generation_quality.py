@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from pipelines.artifacts import RunDir
 from pipelines.config import train_hash_options
+from pipelines.images import grid_image
 from pipelines.train import ema_decay_at
 from vqvae2.pretrained import load_weights
 
@@ -154,7 +156,7 @@ def test_realism_variants_benchmark_rows(guided_run, tmp_path):
     out = tmp_path / "rv.json"
     proc = subprocess.run([sys.executable, "benchmarks/realism_variants.py", "--run-dir", str(guided_run), "--out",
                            str(out), "--n", "8", "--kmeans", "2", "--steps", "3", "--realism-seeds", "2",
-                           "--realism-steps", "4"],
+                           "--realism-steps", "4", "--grid-dir", str(tmp_path / "grids")],
                           cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -170,6 +172,14 @@ def test_realism_variants_benchmark_rows(guided_run, tmp_path):
         assert 0 <= r["validation_accuracy"] <= 1
     seeds = [r["classifier_seed"] for r in result["rows"][:4]]
     assert seeds[:2] == seeds[2:] and seeds[1] == seeds[0] + 1
+    size = json.loads((guided_run / "config.json").read_text())["data"]["size"]
+    grid = grid_image(torch.zeros(64, 3, size, size, dtype=torch.uint8), nrow=8).size
+    for rule in ("images", "reconstructions"):  # the 32 highest-ranked candidates over the 32 lowest: 8 rows of 8
+        assert Image.open(tmp_path / "grids" / f"realism-{rule}.png").size == grid
+    mix = result["predicted_class_mix"]
+    assert list(mix) == ["training images", "candidates", "realism-images at 0.1 (seed 0)",
+                         "realism-reconstructions at 0.1 (seed 0)"]
+    assert all(sum(shares) == pytest.approx(1) for shares in mix.values())
     drops = result["realism_fd_drop_at_0.1"]["realism-reconstructions"]
     assert drops["per_seed"] == [r["fd_drop_at_0.1"] for r in result["rows"][2:4]]
     assert drops["mean"] == pytest.approx(sum(drops["per_seed"]) / 2)
