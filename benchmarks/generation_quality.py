@@ -142,16 +142,23 @@ def guided_pipeline(run: RunDir, cfg, plain: Pipeline, label_dropout: float) -> 
     return Pipeline.from_pretrained(guided_dir.root, device="cpu"), True
 
 
+def realism_generated(cfg, pipe: Pipeline, seed: int, **controls) -> torch.Tensor:
+    """The samples a realism classifier learns from: other samples of `pipe` than the candidates (drawn with
+    `controls`, e.g. temperature)."""
+    return pipe(cfg.train_classifier.realism_samples, seed=seed + REALISM_SEED_OFFSET, output="uint8",
+                **controls).images
+
+
 def realism_probs(cfg, run: RunDir, pipe: Pipeline, candidates: torch.Tensor, seed: int, name: str = "classifier",
-                  **controls) -> tuple[torch.Tensor, dict]:
+                  generated: torch.Tensor | None = None, **controls) -> tuple[torch.Tensor, dict]:
     """P(real) of each candidate by a real-vs-generated classifier (cfg.train_classifier's, in RUN-realism/<name>)
-    trained on other samples of `pipe` (drawn with `controls`, e.g. temperature)."""
+    trained on `generated`, by default realism_generated(cfg, pipe, seed, **controls)."""
     out_dir = Path(f"{run.root}-realism") / name
     lock = locked(out_dir.parent)
     try:
         shutil.rmtree(out_dir, ignore_errors=True)  # its hash names the run's priors, not these weights
-        generated = pipe(cfg.train_classifier.realism_samples, seed=seed + REALISM_SEED_OFFSET, output="uint8",
-                         **controls).images
+        if generated is None:
+            generated = realism_generated(cfg, pipe, seed, **controls)
         summary = train_realism_classifier(cfg, run, generated, out_dir)
         net = Classifier.from_pretrained(out_dir).eval()
     finally:

@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from generation_quality import Scorer, locked, raw_pipeline, realism_probs
+from generation_quality import Scorer, locked, raw_pipeline, realism_generated, realism_probs
 from machine import describe
 from eval.classifier import Classifier, ClassifierConfig, predict_proba
 from eval.rejection import candidates_needed, realism_sample
@@ -53,7 +53,7 @@ from pipelines.artifacts import RunDir, save_png, write_json
 from pipelines.cli import init_processes, load_run_config
 from pipelines.datasets import build_datasets
 from pipelines.images import grid_image
-from pipelines.stage3 import REALISM_SEED_OFFSET, classifier_loss, val_accuracy
+from pipelines.stage3 import classifier_loss, val_accuracy
 from pipelines.train import machine_settings, train
 from vqvae2 import Pipeline
 
@@ -157,15 +157,17 @@ def main() -> None:
     n, temperature = args.n, args.temperature or None
     candidates = pipe(candidates_needed(n, min(RATES)), seed=args.seed, output="uint8", temperature=temperature)
     n_gen = cfg.train_classifier.realism_samples
-    generated = pipe(n_gen, seed=args.seed + REALISM_SEED_OFFSET, output="uint8", temperature=temperature).images
+    generated = realism_generated(cfg, pipe, cfg.eval.seed, temperature=temperature)  # every realism classifier's
     train_set, _ = build_datasets(cfg.data)
     picks = [round(i * len(train_set) / n_gen) for i in range(min(n_gen, len(train_set)))]
     real = torch.stack([train_set[i][0] for i in picks])
     real_labels = torch.tensor([int(train_set[i][1]) for i in picks])
     rows = []
 
+    unfiltered = scorer.score(scorer.features(candidates.images[:n]))
+
     def add(rule: str, chosen: dict[float, torch.Tensor], **info) -> None:
-        out = {"rule": rule, **info, "rates": {"1": scorer.score(scorer.features(candidates.images[:n]))}}
+        out = {"rule": rule, **info, "rates": {"1": unfiltered}}
         for rate, idx in chosen.items():
             out["rates"][f"{rate:g}"] = scorer.score(scorer.features(candidates.images[idx]))
         first, last = out["rates"]["1"], out["rates"][f"{min(RATES):g}"]
@@ -181,12 +183,13 @@ def main() -> None:
             tc = dataclasses.replace(cfg.train_classifier, realism_real=rule, seed=cfg.train_classifier.seed + s,
                                      steps=steps, save_every=steps)
             p_real, summary = realism_probs(dataclasses.replace(cfg, train_classifier=tc), run, pipe, candidates.images,
-                                            cfg.eval.seed, name=f"classifier-{rule}", temperature=temperature)
+                                            cfg.eval.seed, name=f"classifier-{rule}", generated=generated)
             chosen = drs(p_real)
             add(f"realism-{rule}", chosen, classifier_seed=tc.seed, steps=steps, validation_accuracy=summary["accuracy"])
-            if s == 0:
-                first_kept[f"realism-{rule} at {min(RATES):g} (seed {tc.seed})"] = chosen[min(RATES)]
-            if args.grid_dir is not None and s == 0:
+            if s > 0:
+                continue
+            first_kept[f"realism-{rule} at {min(RATES):g} (seed {tc.seed})"] = chosen[min(RATES)]
+            if args.grid_dir is not None:
                 order = p_real.argsort(descending=True)
                 save_png(args.grid_dir / f"realism-{rule}.png",
                          grid_image(candidates.images[torch.cat([order[:32], order[-32:]])], nrow=8))
