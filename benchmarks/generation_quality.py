@@ -21,8 +21,11 @@ row's first 64 images are saved as DIR/<row>.png. Rows:
   candidates per sample: the cost of acceptance 0.25);
 - class rejection (the run's rejection network) and realism rejection at 0.5, 0.25, 0.1: 2, 4 and 10
   candidates per sample; a guided sample costs two (one batch of twice the samples), as acceptance 0.5 does.
-  Realism rejection trains a real-vs-generated classifier (RUN-realism/classifier) on the run's own samples,
-  as stage 3 does for a folder without labels, but the samples here come from the labelled run's priors.
+  Realism rejection is what stage 3 does for a folder without labels, on a copy of the run with the labels
+  hidden from the priors (RUN-unlabelled: the same VQ-VAE and codes, its priors trained again with
+  class_conditional=false): a real-vs-generated classifier (RUN-realism/classifier) learns that copy's samples,
+  and its candidates are that copy's samples (realism-rejection-1 is their baseline). With
+  --realism-priors run, the labelled run's priors draw them instead (no training, but not an unlabelled model).
 """
 from __future__ import annotations
 
@@ -183,6 +186,8 @@ def main() -> None:
     ap.add_argument("--level-guidance", nargs="*", default=[], metavar="G,G,...",
                     help="per-level guidance scales (top first), each a row: e.g. 4,4,6")
     ap.add_argument("--no-realism", action="store_true", help="skip the realism rejection rows")
+    ap.add_argument("--realism-priors", choices=("unlabelled", "run"), default="unlabelled",
+                    help="the priors of the realism rows: a copy trained without labels (RUN-unlabelled), or the run's")
     args = ap.parse_args()
     keep_freed_memory()
     init_processes()
@@ -247,17 +252,25 @@ def main() -> None:
         idx = rejection_sample(candidates.images, probs, args.n, rate, target_classes=candidates.labels)
         rows.append(row(f"class-rejection-{rate:g}", scorer, candidates.images[idx], grids, acceptance_rate=rate,
                         rejection="class"))
-    realism = "not run (--no-realism)"
+    realism, realism_priors = "not run (--no-realism)", None
     if not args.no_realism:
-        p_real, realism = realism_probs(cfg, run, plain, candidates.images, cfg.eval.seed)
+        source, rcfg, rpipe = run, cfg, plain
+        if args.realism_priors == "unlabelled":  # the priors a folder without labels would have
+            source = retrained(run, "unlabelled", [f"prior.{lv}.class_conditional=false" for lv in cfg.vqvae.levels])
+            rcfg = load_run_config(source, None, [], write=False)
+            averaged_u = Pipeline.from_pretrained(source.root, device="cpu")
+            rpipe = raw_pipeline(source, averaged_u) or averaged_u  # as trained, like the baseline
+            candidates = rpipe(candidates_needed(args.n, min(REJECTION_RATES)), seed=args.seed, output="uint8")
+        realism_priors = f"{args.realism_priors} ({source.root})"
+        p_real, realism = realism_probs(rcfg, source, rpipe, candidates.images, cfg.eval.seed)
         for rate in (1.0, *REJECTION_RATES):
             idx = realism_sample(p_real, args.n, rate, seed=args.seed)
             rows.append(row(f"realism-rejection-{rate:g}", scorer, candidates.images[idx], grids, acceptance_rate=rate,
-                            rejection="realism"))
+                            rejection="realism", priors=args.realism_priors))
     result = {"rows": rows, "reconstruction_fd_domain": scorer.reconstruction["fd_domain"],
               "reconstruction": scorer.reconstruction, "extractor": scorer.spec.name,
               "extractor_trained_on": f"the {cfg.data.name} training split's class labels ({run.classifier})",
-              "realism": realism, "weights": "as trained (prior-<level>/raw); ema rows: their average" if raw
+              "realism": realism, "realism_priors": realism_priors, "weights": "as trained (prior-<level>/raw); ema rows: their average" if raw
               else "the run's priors", "n": args.n, "run_dir": str(run.root), "total_seconds": time.perf_counter() - t0,
               "command": "python benchmarks/generation_quality.py " + " ".join(sys.argv[1:]), "machine": machine}
     lock.release()

@@ -101,7 +101,7 @@ def test_generation_quality_benchmark_rows(guided_run, tmp_path):
     """every row of the issue's JSON: no RUN-guided copy is trained (the priors have label dropout), an ema
     row from the run's own average, guided rows of both weights, per-level guidance on the better of them, the
     best guided row with top-p and under class rejection, class and realism rejection at equal numbers of
-    candidates"""
+    candidates, realism rejection on a copy of the run whose priors are trained without labels"""
     out, grids = tmp_path / "gq.json", tmp_path / "grids"
     proc = subprocess.run([sys.executable, "benchmarks/generation_quality.py", "--run-dir", str(guided_run), "--out",
                            str(out), "--grid-dir", str(grids), "--n", "8", "--guidance", "2", "--top-p", "0.9",
@@ -133,6 +133,16 @@ def test_generation_quality_benchmark_rows(guided_run, tmp_path):
     assert by["ema"]["ema"] == 0.9 and by["baseline"]["ema"] is False and by["guidance-2-ema"]["ema"] == 0.9
     assert by["realism-rejection-0.1"]["rejection"] == "realism" and by["realism-rejection-0.1"]["acceptance_rate"] == 0.1
     assert result["realism"]["realism"] is True and result["realism"]["classifiers"]["realism"]["generated_images"] == 16
+    # realism rejection ranks the samples of priors trained without labels (a copy of the run), as for a folder
+    # without labels; the copy shares the run's VQ-VAE
+    from vqvae2.pixelsnail import PixelSNAIL
+    unlabelled = RunDir(Path(f"{guided_run}-unlabelled"))
+    assert result["realism_priors"] == f"unlabelled ({unlabelled.root})"
+    assert all(r["priors"] == "unlabelled" for r in result["rows"] if r["rejection"] == "realism")
+    for level in ("top", "bottom"):
+        assert PixelSNAIL.from_pretrained(unlabelled.prior(level)).config.n_classes == 0
+        assert PixelSNAIL.from_pretrained(RunDir(guided_run).prior(level)).config.n_classes > 0
+    assert (unlabelled.vqvae / "model.safetensors").read_bytes() == (RunDir(guided_run).vqvae / "model.safetensors").read_bytes()
     for key in ("reconstruction_fd_domain", "extractor", "total_seconds", "machine"):
         assert key in result
 
