@@ -331,7 +331,8 @@ def _run_command(args, run: RunDir, cfg: PipelineConfig) -> int:
         if args.command == "train-prior" and args.level not in cfg.vqvae.levels:
             raise ValueError(f"--level {args.level!r}: the VQ-VAE's levels are {cfg.vqvae.levels}")
         verb = f"train-prior --level {args.level}" if args.command == "train-prior" else args.command
-        stage = next(s for s in pipeline_stages(cfg, labelled_data(cfg), evaluation=True) if s.command == verb)
+        stage = next(s for s in pipeline_stages(cfg, labelled_data(cfg), evaluation=True, every=True)
+                     if s.command == verb)
         options = {"png_dir": args.png_dir} if args.command == "sample" else {}
         pipeline.make_stage(cfg, run, stage, getattr(args, "force", False) or stage.redone_by_command, **options)
     elif args.command == "vary":

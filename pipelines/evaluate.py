@@ -33,6 +33,7 @@ from .sample_store import SampleStore
 from .codes import read_codes_meta
 from .stage2 import load_priors, stage_hash as prior_hash
 from .stage3 import classifier_dirs, classifier_hash
+from .stages import rejection_used
 
 
 # the feature extractor
@@ -108,26 +109,30 @@ def eval_hash(cfg: PipelineConfig, run: RunDir) -> str:
                         "eval": cfg.hash_dict("eval")["eval"]})
 
 
-def _candidates(cfg: PipelineConfig, run: RunDir, vqvae: VQVAE2, priors, reject_net: Classifier,
+def _candidates(cfg: PipelineConfig, run: RunDir, vqvae: VQVAE2, priors, reject_net: Classifier | None,
                 n_cand: int, labels: torch.Tensor | None) -> SampleStore:
-    """The candidates of rejection sampling, with the rejection network's probabilities, in a store."""
+    """The candidates of rejection sampling, with the rejection network's probabilities (when there is one), in
+    a store."""
     e, s = cfg.eval, cfg.sample
     key = {"priors": [prior_hash(cfg, run, lv) for lv in vqvae.levels], "seed": e.seed,
            "temperature": e.temperature, "top_k": s.top_k, "sampler": s.sampler, **({"top_p": s.top_p} if s.top_p else {}),
            **({"guidance": s.guidance} if s.guidance != 1 else {}),
-           "rejection_classifier": weights_hash(reject_net)}
+           "rejection_classifier": weights_hash(reject_net) if reject_net is not None else None}
     store = SampleStore(run.eval / "candidates", n_cand, s.batch_size, key)
-    probs = lambda images, lab: {"probs": predict_proba(reject_net, images, batch_size=e.batch_size).numpy()}
+    probs = None if reject_net is None else \
+        lambda images, lab: {"probs": predict_proba(reject_net, images, batch_size=e.batch_size).numpy()}
     generate_to_store(vqvae, priors, store, labels, sampling_controls(s, seed=e.seed, temperature=e.temperature),
                       extra=probs, desc="eval candidates")
     return store
 
 
-def _rejection_network(cfg: PipelineConfig, run: RunDir, device) -> tuple[Classifier, dict]:
+def _rejection_network(cfg: PipelineConfig, run: RunDir, device) -> tuple[Classifier | None, dict]:
     """The rejection classifier: the domain one of labelled data, the realism one (real against generated) of
-    data without labels."""
+    data without labels; none (and no folders) for data without labels evaluated at acceptance 1 alone."""
     dirs = classifier_dirs(cfg, run)
     if read_codes_meta(run).get("num_classes", 0) < 2:
+        if not rejection_used(cfg):
+            return None, {}
         dirs = {"realism": run.classifier}
     for d in dirs.values():
         if not (d / "model.safetensors").is_file():
@@ -158,7 +163,7 @@ def evaluate(cfg: PipelineConfig, run: RunDir) -> dict | None:
     store = _candidates(cfg, run, vqvae, priors, reject_net, n_cand, labels)
     if not state.is_main_process:
         return None
-    probs = torch.from_numpy(store.gather("probs"))
+    probs = torch.from_numpy(store.gather("probs")) if reject_net is not None else None
 
     # 2. features: every candidate once, the real validation images once (or their statistics)
     net = FeatureExtractor(spec, device)
@@ -178,14 +183,17 @@ def evaluate(cfg: PipelineConfig, run: RunDir) -> dict | None:
     by_rate, accepted_probs = {}, {}
     nrow = min(n_classes, 10) if n_classes else 8
     for rate in rates:
-        if "realism" in dirs:  # accepted with probability proportional to the density ratio D / (1 - D)
+        if reject_net is None:  # every rate is 1 (data without labels): the first n candidates
+            idx = torch.arange(e.n_samples)
+        elif "realism" in dirs:  # accepted with probability proportional to the density ratio D / (1 - D)
             idx = realism_sample(probs[:, 1], e.n_samples, rate, seed=e.seed)
         else:
             idx = rejection_sample(gen.features, probs, e.n_samples, rate, target_classes=labels)
         by_rate[rate] = metrics_from_features(gen.subset(idx), real, spec, **common)
-        kept = probs[idx]
-        accepted_probs[rate] = float((kept.gather(1, labels[idx, None]) if labels is not None
-                                      else kept[:, 1:] if "realism" in dirs else kept.max(1, keepdim=True).values).mean())
+        if probs is not None:
+            kept = probs[idx]
+            accepted_probs[rate] = float((kept.gather(1, labels[idx, None]) if labels is not None
+                                          else kept[:, 1:] if "realism" in dirs else kept.max(1, keepdim=True).values).mean())
         save_png(run.eval / f"samples-rate-{rate:g}.png",
                  grid_image(store.images(_grid_indices(idx, labels, nrow)), nrow=nrow))
 
@@ -226,6 +234,9 @@ def _reconstruction(vqvae: VQVAE2, val_set, net: FeatureExtractor, real, spec: E
 
 
 def _rejection_provenance(cfg: PipelineConfig, run: RunDir, reject_net, dirs: dict, accepted_probs: dict) -> dict:
+    if reject_net is None:
+        return dict(rejection="none: the data has no class labels and every acceptance rate is 1, so no realism "
+                              "classifier is trained or used")
     if "realism" in dirs:
         real = ("training images reconstructed by the VQ-VAE" if cfg.train_classifier.realism_real == "reconstructions"
                 else "training images")

@@ -9,7 +9,7 @@ from accelerate import PartialState
 from .artifacts import RunDir, damaged_output
 from .config import PipelineConfig
 from .preflight import preflight
-from .stages import Stage, pipeline_stages, stage_named
+from .stages import Stage, pipeline_stages, rejection_used, stage_named
 
 
 def _log(msg: str) -> None:
@@ -51,7 +51,9 @@ def run_all(cfg: PipelineConfig, run: RunDir, force: bool = False, until: str | 
     labelled = found["num_classes"] >= 2
     if cfg.eval.enabled and not labelled and "classifier" in found["groups"]:
         _log("[classifier] the data has no class labels: a realism classifier (real against generated) is trained "
-             "for rejection instead")
+             "for rejection instead" if rejection_used(cfg) else
+             "[classifier] skipped: the data has no class labels and every eval.acceptance_rates is 1, so nothing "
+             "would use a realism classifier (no rejection)")
     for stage in pipeline_stages(cfg, labelled):
         if stage.group in found["groups"]:
             make_stage(cfg, run, stage, force)

@@ -167,10 +167,18 @@ def _describe_eval(cfg, run, m):
     return f"{label} " + ", ".join(f"{v:.3f} at {rate}" for rate, v in fd.items()), {"fd_label": label, "fd": fd}
 
 
-def pipeline_stages(cfg: PipelineConfig, labelled: bool | None = None, evaluation: bool | None = None) -> list[Stage]:
+def rejection_used(cfg: PipelineConfig) -> bool:
+    """Whether evaluation keeps fewer candidates than it draws (an acceptance rate below 1): the only use of the
+    realism classifier of data without labels."""
+    return any(r < 1 for r in cfg.eval.acceptance_rates)
+
+
+def pipeline_stages(cfg: PipelineConfig, labelled: bool | None = None, evaluation: bool | None = None,
+                    every: bool = False) -> list[Stage]:
     """Every stage of the configured pipeline, in order. The classifier stage trains the domain classifiers on
-    labelled data, the realism classifier when `labelled` is False (None: not known, taken as labelled); the
-    evaluation stages are there when `evaluation` (default: eval.enabled)."""
+    labelled data, the realism classifier when `labelled` is False (None: not known, taken as labelled) and
+    some acceptance rate is below 1 (or `every`: its own command trains it anyway); the evaluation stages are
+    there when `evaluation` (default: eval.enabled)."""
     evaluation = cfg.eval.enabled if evaluation is None else evaluation
     out = [Stage("vqvae", "vqvae", lambda r: r.vqvae, "metrics.json", _vqvae_hash, _train_vqvae, _describe_vqvae,
                  "train-vqvae", "training", restart=True, steps=lambda c: c.train_vqvae.steps,
@@ -187,7 +195,7 @@ def pipeline_stages(cfg: PipelineConfig, labelled: bool | None = None, evaluatio
         out.append(Stage("classifier", "classifier", lambda r: r.classifier, "metrics.json", _classifier_hash,
                          _train_classifier, _describe_classifier, "train-classifier", "training", restart=True,
                          steps=lambda c: c.train_classifier.steps, networks=_classifier_networks))
-    elif evaluation:  # no labels: the realism classifier, real against generated (realism rejection)
+    elif evaluation and (every or rejection_used(cfg)):  # no labels: the realism classifier (realism rejection)
         out.append(Stage("classifier", "classifier", lambda r: r.classifier, "metrics.json", _realism_hash,
                          _train_realism, _describe_classifier, "train-classifier", "training", restart=True,
                          steps=lambda c: c.train_classifier.steps, networks=lambda c, r: {"realism": r.classifier}))
@@ -207,7 +215,7 @@ def labelled_data(cfg: PipelineConfig) -> bool | None:
 
 
 def stage_named(cfg: PipelineConfig, name: str) -> Stage:
-    stages = pipeline_stages(cfg, labelled_data(cfg), evaluation=True)
+    stages = pipeline_stages(cfg, labelled_data(cfg), evaluation=True, every=True)
     for stage in stages:
         if stage.name == name:
             return stage

@@ -1,5 +1,5 @@
 """`vqvae2 run` checks before its first training step that every stage it will run can run,
-and unlabelled folders (FFHQ, CelebA-HQ) run end to end: unconditional priors, no classifier, no rejection."""
+and unlabelled folders (FFHQ, CelebA-HQ) run end to end: unconditional priors, realism rejection (none at acceptance 1)."""
 import json
 
 import numpy as np
@@ -101,6 +101,18 @@ def test_unlabelled_folder_runs_end_to_end_with_inception_and_realism_rejection(
     assert all(s["state"] == DONE for s in run_status(RunDir(run))["stages"])
     capsys.readouterr()
     assert main(["run", "--run-dir", str(run)]) == 0 and "[classifier] up to date" in capsys.readouterr().out
+    # at acceptance 1 alone nothing uses the realism classifier: the run skips its stage, and evaluation keeps
+    # the first n candidates and reports no rejection (the ffhq presets' setting)
+    assert main(["run", "--run-dir", str(run), "--set", "eval.acceptance_rates=[1.0]"]) == 0
+    out = capsys.readouterr().out
+    assert "[classifier] skipped: the data has no class labels and every eval.acceptance_rates is 1" in out
+    assert "[classifier] up to date" not in out
+    report = json.loads((run / "eval" / "report.json").read_text())
+    assert [r["acceptance_rate"] for r in report["rows"]] == [1.0]
+    assert report["provenance"]["rejection"].startswith("none: the data has no class labels")
+    assert "rejection_classifier_hash" not in report["provenance"]
+    stages = run_status(RunDir(run))["stages"]
+    assert "classifier" not in [s["stage"] for s in stages] and all(s["state"] == DONE for s in stages)
 
 
 def test_fp16_without_a_gpu_is_refused_naming_the_section_that_sets_it(tmp_path):

@@ -62,6 +62,11 @@ def test_the_table_names_each_stage_once_with_its_command():
     assert [s.group for s in stages] == ["vqvae", "codes", "priors", "priors", "samples", "classifier", "eval"]
     realism = next(s for s in pipeline_stages(cfg, labelled=False) if s.name == "classifier")  # unlabelled data
     assert realism.command == "train-classifier" and realism.make.__name__ == "_train_realism"
+    # at acceptance 1 alone the realism classifier has no use: not a stage of the run, still its own command
+    at_one = resolve_config("demo", ["eval.acceptance_rates=[1.0]"])
+    assert "classifier" not in [s.name for s in pipeline_stages(at_one, labelled=False)]
+    assert "classifier" in [s.name for s in pipeline_stages(at_one, labelled=True)]
+    assert "classifier" in [s.name for s in pipeline_stages(at_one, labelled=False, every=True)]
     assert stage_named(cfg, "prior-top").command_line(RunDir("R")) == "vqvae2 train-prior --run-dir R --level top"
     assert groups_until("codes") == ["vqvae", "codes"] and groups_until(None) == GROUPS
     with pytest.raises(ValueError, match="--until 'prior'"):
