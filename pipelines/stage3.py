@@ -83,7 +83,9 @@ def realism_sets(cfg: PipelineConfig, run: RunDir, generated: torch.Tensor | Non
     train_classifier.realism_samples images of the run's priors, unconditional."""
     from vqvae2.vqvae import VQVAE2
     device = PartialState().device
-    vqvae = VQVAE2.from_pretrained(run.vqvae, map_location=device).eval()
+    reconstruct = cfg.train_classifier.realism_real == "reconstructions"
+    # the VQ-VAE decodes the samples and reconstructs the real side: not loaded when neither is needed
+    vqvae = VQVAE2.from_pretrained(run.vqvae, map_location=device).eval() if generated is None or reconstruct else None
     if generated is None:
         from .sample import generate, sampling_controls
         from .stage2 import load_priors
@@ -95,7 +97,7 @@ def realism_sets(cfg: PipelineConfig, run: RunDir, generated: torch.Tensor | Non
     train_set, _ = build_datasets(cfg.data)
     real = [round(i * len(train_set) / n) for i in range(min(n, len(train_set)))]
     source: Dataset | torch.Tensor = train_set
-    if cfg.train_classifier.realism_real == "reconstructions":
+    if reconstruct:
         from .evaluate import image_batches, reconstructions
         source = torch.cat([r.cpu() for r in reconstructions(vqvae, image_batches(Subset(train_set, real)), device)])
         real = list(range(len(real)))

@@ -73,7 +73,7 @@ def test_classifier_metrics_and_both_networks_saved(evaluated_run):
     assert (evaluated_run / "classifier" / "rejection" / "model.safetensors").is_file()
 
 
-def test_realism_classifier_tells_reconstructions_from_samples(evaluated_run):
+def test_realism_classifier_tells_reconstructions_from_samples(evaluated_run, monkeypatch):
     """The realism classifier's real side is training images through the run's VQ-VAE, so both sides carry the
     decoder; under train_classifier.realism_real = "images" the images themselves"""
     import dataclasses
@@ -103,6 +103,9 @@ def test_realism_classifier_tells_reconstructions_from_samples(evaluated_run):
     assert y == 0 and torch.equal(x, generated[0].float() / 127.5 - 1)
     as_images = dataclasses.replace(cfg, train_classifier=dataclasses.replace(cfg.train_classifier,
                                                                                realism_real="images"))
+    def no_vqvae(*args, **kwargs):
+        raise AssertionError("the VQ-VAE was loaded")
+    monkeypatch.setattr(VQVAE2, "from_pretrained", no_vqvae)  # samples given, images as they are: nothing to do
     train, val = realism_sets(as_images, run, generated)
     assert torch.equal(train[0][0], images[0][0]) and torch.equal(val[0][0], images[last][0])
 
