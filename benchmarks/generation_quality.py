@@ -18,7 +18,8 @@ row's first 64 images are saved as DIR/<row>.png. Rows:
   weights, each --level-guidance (one scale per level, top first, e.g. 4,4,6) on the weights the best guided
   row used, and the best of those guided rows with the best top-p;
 - guided class rejection: the best guided setting's samples kept by the rejection network at 0.5 (2 guided
-  candidates per sample: the cost of acceptance 0.25);
+  candidates per sample: the cost of acceptance 0.25), and each --guided-rejection setting's (e.g. 4,1,1: only
+  the top level guided, whose 8x8 grid costs little beside the levels below);
 - class rejection (the run's rejection network) and realism rejection at 0.5, 0.25, 0.1: 2, 4 and 10
   candidates per sample; a guided sample costs two (one batch of twice the samples), as acceptance 0.5 does.
   Realism rejection is what stage 3 does for a folder without labels, on a copy of the run with the labels
@@ -26,6 +27,10 @@ row's first 64 images are saved as DIR/<row>.png. Rows:
   class_conditional=false): a real-vs-generated classifier (RUN-realism/classifier) learns that copy's samples,
   and its candidates are that copy's samples (realism-rejection-1 is their baseline). With
   --realism-priors run, the labelled run's priors draw them instead (no training, but not an unlabelled model).
+
+Every row records what its samples cost: `sample_seconds`, the wall time of drawing its candidates (a share of
+the shared candidates for the rejection rows), and `cost`, that time over the baseline's (the same number of
+samples, no guidance, no rejection); run it alone on the machine for these to mean anything.
 """
 from __future__ import annotations
 
@@ -66,9 +71,29 @@ def scale_name(g) -> str:
     return "-".join(f"{x:g}" for x in g) if isinstance(g, (list, tuple)) else f"{g:g}"
 
 
-def class_rejected(pipe: Pipeline, reject: Classifier, n: int, rate: float, seed: int, **controls) -> torch.Tensor:
+class Clock:
+    """Draws samples and keeps the wall seconds the last draw took."""
+
+    def __init__(self):
+        self.last = 0.0
+
+    def __call__(self, pipe: Pipeline, n: int, seed: int, **controls):
+        t0 = time.perf_counter()
+        out = pipe(n, seed=seed, output="uint8", **controls)
+        self.last = time.perf_counter() - t0
+        return out
+
+
+def parse_levels(spec: str) -> float | list[float]:
+    """A guidance setting on the command line: "3" -> 3.0, "4,1,1" -> [4.0, 1.0, 1.0] (top first)."""
+    g = [float(x) for x in spec.split(",")]
+    return g if len(g) > 1 else g[0]
+
+
+def class_rejected(pipe: Pipeline, reject: Classifier, n: int, rate: float, seed: int, clock: Clock,
+                   **controls) -> torch.Tensor:
     """n images kept by the rejection network among ceil(n / rate) candidates of `pipe` (class-balanced)."""
-    candidates = pipe(candidates_needed(n, rate), seed=seed, output="uint8", **controls)
+    candidates = clock(pipe, candidates_needed(n, rate), seed, **controls)
     probs = predict_proba(reject, candidates.images, batch_size=256)
     return candidates.images[rejection_sample(candidates.images, probs, n, rate, target_classes=candidates.labels)]
 
@@ -109,6 +134,7 @@ class Scorer:
         self.real = self.net.extract(image_batches(self.val_set, 0, 256))
         recon = self.net.extract(reconstructions(pipe.vqvae, image_batches(self.val_set, 0, 256), "cpu"))
         self.reconstruction = self.score(recon)
+        self.unit_seconds = 0.0  # the baseline's sampling time, set by its row
 
     def features(self, images: torch.Tensor):
         return self.net.extract(images.split(256))
@@ -118,11 +144,14 @@ class Scorer:
         return {"fd_domain": m["fd"], "precision": m["precision"], "recall": m["recall"]}
 
 
-def row(name: str, scorer: Scorer, images: torch.Tensor, grid_dir: Path, **settings) -> dict:
+def row(name: str, scorer: Scorer, images: torch.Tensor, grid_dir: Path, seconds: float, **settings) -> dict:
+    """One row of the JSON; `seconds`: the wall time of drawing its candidates (the first row's is the unit of cost)."""
     grid = grid_dir / f"{name}.png"
     save_png(grid, grid_image(images[:64], nrow=8))
+    scorer.unit_seconds = scorer.unit_seconds or seconds
     out = {"name": name, "acceptance_rate": 1.0, "rejection": "none", "guidance": 1.0, "top_p": 0.0, "ema": False,
-           **settings, **scorer.score(scorer.features(images)), "grid": str(grid)}
+           **settings, **scorer.score(scorer.features(images)), "sample_seconds": seconds,
+           "cost": seconds / scorer.unit_seconds, "grid": str(grid)}
     print(json.dumps({k: v for k, v in out.items() if k != "grid"}), flush=True)
     return out
 
@@ -185,6 +214,8 @@ def main() -> None:
                     help="guidance scales also tried on the averaged weights (a run trained with both)")
     ap.add_argument("--level-guidance", nargs="*", default=[], metavar="G,G,...",
                     help="per-level guidance scales (top first), each a row: e.g. 4,4,6")
+    ap.add_argument("--guided-rejection", nargs="*", default=[], metavar="G[,G,...]",
+                    help="guidance settings (one, or one per level) also kept by class rejection at 0.5, e.g. 4,1,1")
     ap.add_argument("--no-realism", action="store_true", help="skip the realism rejection rows")
     ap.add_argument("--realism-priors", choices=("unlabelled", "run"), default="unlabelled",
                     help="the priors of the realism rows: a copy trained without labels (RUN-unlabelled), or the run's")
@@ -202,71 +233,85 @@ def main() -> None:
     plain = raw or averaged
     ema = cfg.prior_train(cfg.vqvae.levels[0]).ema_decay if raw else args.ema
     scorer = Scorer(cfg, run, plain)
-    sample = lambda pipe, n, **kw: pipe(n, seed=args.seed, output="uint8", **kw).images
+    clock = Clock()
+    sample = lambda pipe, n, **kw: clock(pipe, n, args.seed, **kw).images
     grids, rows = args.grid_dir, []
-    rows.append(row("baseline", scorer, sample(plain, args.n), grids))
+
+    def add(name: str, images: torch.Tensor, **settings) -> None:  # a row of the samples the clock just timed
+        rows.append(row(name, scorer, images, grids, clock.last, **settings))
+
+    add("baseline", sample(plain, args.n))
     for p in args.top_p:
-        rows.append(row(f"top-p-{p:g}", scorer, sample(plain, args.n, top_p=p), grids, top_p=p))
+        add(f"top-p-{p:g}", sample(plain, args.n, top_p=p), top_p=p)
     if ema:  # averaged weights: the run's own average, or priors trained again with one
         pipe = averaged if raw else Pipeline.from_pretrained(retrained(run, "ema", [f"train_prior.ema_decay={ema}"]).root,
                                                              device="cpu")
-        rows.append(row("ema", scorer, sample(pipe, args.n), grids, ema=ema))
+        add("ema", sample(pipe, args.n), ema=ema)
     guided, again = guided_pipeline(run, cfg, plain, args.label_dropout)
     dropout = guided.priors[0].config.label_dropout
     if again:
-        rows.append(row("label-dropout", scorer, sample(guided, args.n), grids, label_dropout=dropout))
+        add("label-dropout", sample(guided, args.n), label_dropout=dropout)
     for g in args.guidance:
-        rows.append(row(f"guidance-{g:g}", scorer, sample(guided, args.n, guidance=g), grids, guidance=g,
-                        label_dropout=dropout, equal_cost_acceptance=0.5))
+        add(f"guidance-{g:g}", sample(guided, args.n, guidance=g), guidance=g, label_dropout=dropout,
+            equal_cost_acceptance=0.5)
     if raw and not again:  # the averaged weights guided too (they share the priors' "no label" class)
         for g in args.ema_guidance:
-            rows.append(row(f"guidance-{g:g}-ema", scorer, sample(averaged, args.n, guidance=g), grids, guidance=g,
-                            ema=ema, label_dropout=dropout, equal_cost_acceptance=0.5))
+            add(f"guidance-{g:g}-ema", sample(averaged, args.n, guidance=g), guidance=g, ema=ema, label_dropout=dropout,
+                equal_cost_acceptance=0.5)
     best_guided = lambda: min((r for r in rows if r["guidance"] != 1.0), key=lambda r: r["fd_domain"])
     use_ema = bool(best_guided()["ema"])
+    weights = lambda use: averaged if use else guided
     for spec in args.level_guidance:  # one scale per level, on the weights the best guided row used
-        g = [float(x) for x in spec.split(",")]
-        rows.append(row(f"guidance-{scale_name(g)}" + ("-ema" if use_ema else ""), scorer,
-                        sample(averaged if use_ema else guided, args.n, guidance=g), grids, guidance=g,
-                        ema=ema if use_ema else False, label_dropout=dropout, equal_cost_acceptance=0.5))
+        g = parse_levels(spec)
+        add(f"guidance-{scale_name(g)}" + ("-ema" if use_ema else ""), sample(weights(use_ema), args.n, guidance=g),
+            guidance=g, ema=ema if use_ema else False, label_dropout=dropout,
+            **({"equal_cost_acceptance": 0.5} if 1 not in g else {}))  # a level at 1 costs no second batch half
     best = best_guided()
     best_g, use_ema = best["guidance"], bool(best["ema"])
     best_p = min((r for r in rows if r["top_p"]), key=lambda r: r["fd_domain"])["top_p"]
-    rows.append(row(f"guidance-{scale_name(best_g)}-top-p-{best_p:g}" + ("-ema" if use_ema else ""), scorer,
-                    sample(averaged if use_ema else guided, args.n, guidance=best_g, top_p=best_p), grids,
-                    guidance=best_g, top_p=best_p, label_dropout=dropout, ema=ema if use_ema else False,
-                    equal_cost_acceptance=0.5))
+    add(f"guidance-{scale_name(best_g)}-top-p-{best_p:g}" + ("-ema" if use_ema else ""),
+        sample(weights(use_ema), args.n, guidance=best_g, top_p=best_p), guidance=best_g, top_p=best_p,
+        label_dropout=dropout, ema=ema if use_ema else False,
+        **({"equal_cost_acceptance": 0.5} if not (isinstance(best_g, list) and 1 in best_g) else {}))
     dirs = [run.classifier / "rejection", run.classifier]
     reject = Classifier.from_pretrained(next(d for d in dirs if (d / "model.safetensors").is_file())).eval()
-    # the best guided setting (with or without top-p) under class rejection at 0.5
+    # guided settings under class rejection at 0.5: the best one (with or without top-p), and each --guided-rejection
     best = best_guided()
-    controls = {"guidance": best["guidance"], **({"top_p": best["top_p"]} if best["top_p"] else {})}
-    images = class_rejected(averaged if best["ema"] else guided, reject, args.n, 0.5, args.seed, **controls)
-    rows.append(row(f"{best['name']}-class-rejection-0.5", scorer, images, grids, acceptance_rate=0.5,
-                    rejection="class", guidance=best["guidance"], top_p=best["top_p"], ema=best["ema"],
-                    label_dropout=dropout, equal_cost_acceptance=0.25))
+    settings = [(best["name"], best["guidance"], best["top_p"], best["ema"])]
+    for spec in args.guided_rejection:  # on the weights the best guided row used
+        g = parse_levels(spec)
+        settings.append((f"guidance-{scale_name(g)}" + ("-ema" if best["ema"] else ""), g, 0.0, best["ema"]))
+    for name, g, top_p, averaged_weights in settings:
+        controls = {"guidance": g, **({"top_p": top_p} if top_p else {})}
+        images = class_rejected(weights(averaged_weights), reject, args.n, 0.5, args.seed, clock, **controls)
+        add(f"{name}-class-rejection-0.5", images, acceptance_rate=0.5, rejection="class", guidance=g, top_p=top_p,
+            ema=averaged_weights, label_dropout=dropout,
+            **({"equal_cost_acceptance": 0.25} if not (isinstance(g, list) and 1 in g) else {}))
     # rejection: candidates from the run's priors as trained, kept by the rejection network or by realism
-    candidates = plain(candidates_needed(args.n, min(REJECTION_RATES)), seed=args.seed, output="uint8")
+    most = candidates_needed(args.n, min(REJECTION_RATES))
+    candidates = clock(plain, most, args.seed)
+    share = lambda rate, total: total * candidates_needed(args.n, rate) / most  # the time of the candidates a rate uses
     probs = predict_proba(reject, candidates.images, batch_size=256)
     for rate in REJECTION_RATES:
         idx = rejection_sample(candidates.images, probs, args.n, rate, target_classes=candidates.labels)
-        rows.append(row(f"class-rejection-{rate:g}", scorer, candidates.images[idx], grids, acceptance_rate=rate,
-                        rejection="class"))
+        rows.append(row(f"class-rejection-{rate:g}", scorer, candidates.images[idx], grids, share(rate, clock.last),
+                        acceptance_rate=rate, rejection="class"))
     realism, realism_priors = "not run (--no-realism)", None
     if not args.no_realism:
-        source, rcfg, rpipe = run, cfg, plain
+        source, rcfg, rpipe, seconds = run, cfg, plain, clock.last
         if args.realism_priors == "unlabelled":  # the priors a folder without labels would have
             source = retrained(run, "unlabelled", [f"prior.{lv}.class_conditional=false" for lv in cfg.vqvae.levels])
             rcfg = load_run_config(source, None, [], write=False)
             averaged_u = Pipeline.from_pretrained(source.root, device="cpu")
             rpipe = raw_pipeline(source, averaged_u) or averaged_u  # as trained, like the baseline
-            candidates = rpipe(candidates_needed(args.n, min(REJECTION_RATES)), seed=args.seed, output="uint8")
+            candidates = clock(rpipe, most, args.seed)
+            seconds = clock.last
         realism_priors = f"{args.realism_priors} ({source.root})"
         p_real, realism = realism_probs(rcfg, source, rpipe, candidates.images, cfg.eval.seed)
         for rate in (1.0, *REJECTION_RATES):
             idx = realism_sample(p_real, args.n, rate, seed=args.seed)
-            rows.append(row(f"realism-rejection-{rate:g}", scorer, candidates.images[idx], grids, acceptance_rate=rate,
-                            rejection="realism", priors=args.realism_priors))
+            rows.append(row(f"realism-rejection-{rate:g}", scorer, candidates.images[idx], grids, share(rate, seconds),
+                            acceptance_rate=rate, rejection="realism", priors=args.realism_priors))
     result = {"rows": rows, "reconstruction_fd_domain": scorer.reconstruction["fd_domain"],
               "reconstruction": scorer.reconstruction, "extractor": scorer.spec.name,
               "extractor_trained_on": f"the {cfg.data.name} training split's class labels ({run.classifier})",

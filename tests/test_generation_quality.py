@@ -105,7 +105,7 @@ def test_generation_quality_benchmark_rows(guided_run, tmp_path):
     out, grids = tmp_path / "gq.json", tmp_path / "grids"
     proc = subprocess.run([sys.executable, "benchmarks/generation_quality.py", "--run-dir", str(guided_run), "--out",
                            str(out), "--grid-dir", str(grids), "--n", "8", "--guidance", "2", "--top-p", "0.9",
-                           "--ema-guidance", "2", "--level-guidance", "1,3"],
+                           "--ema-guidance", "2", "--level-guidance", "1,3", "--guided-rejection", "2,1"],
                           cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -123,13 +123,21 @@ def test_generation_quality_benchmark_rows(guided_run, tmp_path):
     assert guided_rejection["name"] == best["name"] + "-class-rejection-0.5"
     assert (guided_rejection["rejection"], guided_rejection["acceptance_rate"]) == ("class", 0.5)
     assert guided_rejection["guidance"] == best["guidance"] and guided_rejection["equal_cost_acceptance"] == 0.25
-    assert names[8:] == ["class-rejection-0.5", "class-rejection-0.25", "class-rejection-0.1", "realism-rejection-1",
+    top_only = result["rows"][8]  # guidance on the top level alone under class rejection
+    assert top_only["name"] == "guidance-2-1" + ("-ema" if best["ema"] else "") + "-class-rejection-0.5"
+    assert (top_only["guidance"], top_only["acceptance_rate"], top_only["ema"]) == ([2, 1], 0.5, best["ema"])
+    assert "equal_cost_acceptance" not in top_only  # one level unguided: its cost is measured, not 0.25
+    assert names[9:] == ["class-rejection-0.5", "class-rejection-0.25", "class-rejection-0.1", "realism-rejection-1",
                          "realism-rejection-0.5", "realism-rejection-0.25", "realism-rejection-0.1"]
     assert not Path(f"{guided_run}-guided").exists()
-    keys = {"name", "acceptance_rate", "rejection", "guidance", "top_p", "ema", "fd_domain", "precision", "recall", "grid"}
+    keys = {"name", "acceptance_rate", "rejection", "guidance", "top_p", "ema", "fd_domain", "precision", "recall", "grid",
+            "sample_seconds", "cost"}
     for r in result["rows"]:
         assert keys <= r.keys() and Path(r["grid"]).is_file()
         assert r["fd_domain"] >= 0 and 0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1
+    assert by["baseline"]["cost"] == 1 and all(r["sample_seconds"] > 0 for r in result["rows"])
+    # rejection at rate r draws 1/r candidates per sample: its share of the 10x candidates' time
+    assert by["class-rejection-0.5"]["sample_seconds"] * 5 == pytest.approx(by["class-rejection-0.1"]["sample_seconds"])
     assert by["ema"]["ema"] == 0.9 and by["baseline"]["ema"] is False and by["guidance-2-ema"]["ema"] == 0.9
     assert by["realism-rejection-0.1"]["rejection"] == "realism" and by["realism-rejection-0.1"]["acceptance_rate"] == 0.1
     assert result["realism"]["realism"] is True and result["realism"]["classifiers"]["realism"]["generated_images"] == 16
