@@ -402,13 +402,16 @@ def make_tables(R: dict[str, Record]) -> dict:
         """Sampling controls and rejection on one run (benchmarks/generation_quality.py)."""
         d = R[stem_name(name)]
         scale = lambda g: ", ".join(f"{x:g}" for x in g) if isinstance(g, list) else f"{g:g}"  # one, or per level
+        timed = all("cost" in r for r in d.rows)  # sampling time against the baseline's (files made since it was added)
         rows = [[f"`{r['name']}`", f"{r['acceptance_rate']:g}", r["rejection"], scale(r["guidance"]),
                  f"{r['top_p']:g}" if r["top_p"] else "off", f"{r['ema']:g}" if r["ema"] else "off",
+                 *([f"{r['cost']:.2f}x"] if timed else []),
                  f"{r['fd_domain']:.2f}", f"{r['precision']:.3f}", f"{r['recall']:.3f}"] for r in d.rows]
-        rows.append(["reconstructions (the VQ-VAE alone)", "", "", "", "", "", f"{d.reconstruction_fd_domain:.2f}",
-                     f"{d.reconstruction.precision:.3f}", f"{d.reconstruction.recall:.3f}"])
-        return table(["row", "acceptance", "rejection", "guidance", "top-p", "weight average", "FD-domain", "precision",
-                      "recall"], rows)
+        rows.append(["reconstructions (the VQ-VAE alone)", "", "", "", "", "", *([""] if timed else []),
+                     f"{d.reconstruction_fd_domain:.2f}", f"{d.reconstruction.precision:.3f}",
+                     f"{d.reconstruction.recall:.3f}"])
+        return table(["row", "acceptance", "rejection", "guidance", "top-p", "weight average",
+                      *(["sampling time"] if timed else []), "FD-domain", "precision", "recall"], rows)
 
     def realism_variants(name):
         """Rejection rules for data without labels (benchmarks/realism_variants.py)."""
