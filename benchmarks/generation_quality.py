@@ -24,9 +24,10 @@ row's first 64 images are saved as DIR/<row>.png. Rows:
   candidates per sample; a guided sample costs two (one batch of twice the samples), as acceptance 0.5 does.
   Realism rejection is what stage 3 does for a folder without labels, on a copy of the run with the labels
   hidden from the priors (RUN-unlabelled: the same VQ-VAE and codes, its priors trained again with
-  class_conditional=false): a real-vs-generated classifier (RUN-realism/classifier) learns that copy's samples,
+  class_conditional=false): a real-vs-generated classifier (RUN-unlabelled-realism/classifier) learns that copy's samples,
   and its candidates are that copy's samples (realism-rejection-1 is their baseline). With
-  --realism-priors run, the labelled run's priors draw them instead (no training, but not an unlabelled model).
+  --realism-priors run, the labelled run's priors draw them instead (no training, but not an unlabelled model;
+  the classifier in RUN-realism/classifier).
 
 Every row records what its samples cost: `sample_seconds`, the wall time of drawing its candidates (a share of
 the shared candidates for the rejection rows), and `cost`, that time over the baseline's (the same number of
@@ -88,6 +89,14 @@ def parse_levels(spec: str) -> float | list[float]:
     """A guidance setting on the command line: "3" -> 3.0, "4,1,1" -> [4.0, 1.0, 1.0] (top first)."""
     g = [float(x) for x in spec.split(",")]
     return g if len(g) > 1 else g[0]
+
+
+def guided_cost(g, rate: float = 1.0) -> dict:
+    """equal_cost_acceptance of guidance `g` kept at `rate`, when every level is guided: a guided sample runs
+    its batch twice (label and "no label"), as acceptance 0.5 draws two candidates. A level at 1 runs once,
+    so a setting with one is not claimed (its `cost` is measured)."""
+    scales = g if isinstance(g, (list, tuple)) else [g]
+    return {"equal_cost_acceptance": rate / 2} if all(x != 1 for x in scales) else {}
 
 
 def class_rejected(pipe: Pipeline, reject: Classifier, n: int, rate: float, seed: int, clock: Clock,
@@ -240,6 +249,7 @@ def main() -> None:
     def add(name: str, images: torch.Tensor, **settings) -> None:  # a row of the samples the clock just timed
         rows.append(row(name, scorer, images, grids, clock.last, **settings))
 
+    plain(min(args.n, 8), seed=args.seed + 1)  # untimed warm-up: the baseline's time is the unit of cost
     add("baseline", sample(plain, args.n))
     for p in args.top_p:
         add(f"top-p-{p:g}", sample(plain, args.n, top_p=p), top_p=p)
@@ -252,27 +262,24 @@ def main() -> None:
     if again:
         add("label-dropout", sample(guided, args.n), label_dropout=dropout)
     for g in args.guidance:
-        add(f"guidance-{g:g}", sample(guided, args.n, guidance=g), guidance=g, label_dropout=dropout,
-            equal_cost_acceptance=0.5)
+        add(f"guidance-{g:g}", sample(guided, args.n, guidance=g), guidance=g, label_dropout=dropout, **guided_cost(g))
     if raw and not again:  # the averaged weights guided too (they share the priors' "no label" class)
         for g in args.ema_guidance:
             add(f"guidance-{g:g}-ema", sample(averaged, args.n, guidance=g), guidance=g, ema=ema, label_dropout=dropout,
-                equal_cost_acceptance=0.5)
+                **guided_cost(g))
     best_guided = lambda: min((r for r in rows if r["guidance"] != 1.0), key=lambda r: r["fd_domain"])
     use_ema = bool(best_guided()["ema"])
     weights = lambda use: averaged if use else guided
     for spec in args.level_guidance:  # one scale per level, on the weights the best guided row used
         g = parse_levels(spec)
         add(f"guidance-{scale_name(g)}" + ("-ema" if use_ema else ""), sample(weights(use_ema), args.n, guidance=g),
-            guidance=g, ema=ema if use_ema else False, label_dropout=dropout,
-            **({"equal_cost_acceptance": 0.5} if 1 not in g else {}))  # a level at 1 costs no second batch half
+            guidance=g, ema=ema if use_ema else False, label_dropout=dropout, **guided_cost(g))
     best = best_guided()
     best_g, use_ema = best["guidance"], bool(best["ema"])
     best_p = min((r for r in rows if r["top_p"]), key=lambda r: r["fd_domain"])["top_p"]
     add(f"guidance-{scale_name(best_g)}-top-p-{best_p:g}" + ("-ema" if use_ema else ""),
         sample(weights(use_ema), args.n, guidance=best_g, top_p=best_p), guidance=best_g, top_p=best_p,
-        label_dropout=dropout, ema=ema if use_ema else False,
-        **({"equal_cost_acceptance": 0.5} if not (isinstance(best_g, list) and 1 in best_g) else {}))
+        label_dropout=dropout, ema=ema if use_ema else False, **guided_cost(best_g))
     dirs = [run.classifier / "rejection", run.classifier]
     reject = Classifier.from_pretrained(next(d for d in dirs if (d / "model.safetensors").is_file())).eval()
     # guided settings under class rejection at 0.5: the best one (with or without top-p), and each --guided-rejection
@@ -280,13 +287,14 @@ def main() -> None:
     settings = [(best["name"], best["guidance"], best["top_p"], best["ema"])]
     for spec in args.guided_rejection:  # on the weights the best guided row used
         g = parse_levels(spec)
-        settings.append((f"guidance-{scale_name(g)}" + ("-ema" if best["ema"] else ""), g, 0.0, best["ema"]))
+        name = f"guidance-{scale_name(g)}" + ("-ema" if best["ema"] else "")
+        if name not in [n for n, *_ in settings]:  # the best row's own setting is there already
+            settings.append((name, g, 0.0, best["ema"]))
     for name, g, top_p, averaged_weights in settings:
         controls = {"guidance": g, **({"top_p": top_p} if top_p else {})}
         images = class_rejected(weights(averaged_weights), reject, args.n, 0.5, args.seed, clock, **controls)
         add(f"{name}-class-rejection-0.5", images, acceptance_rate=0.5, rejection="class", guidance=g, top_p=top_p,
-            ema=averaged_weights, label_dropout=dropout,
-            **({"equal_cost_acceptance": 0.25} if not (isinstance(g, list) and 1 in g) else {}))
+            ema=averaged_weights, label_dropout=dropout, **guided_cost(g, 0.5))
     # rejection: candidates from the run's priors as trained, kept by the rejection network or by realism
     most = candidates_needed(args.n, min(REJECTION_RATES))
     candidates = clock(plain, most, args.seed)

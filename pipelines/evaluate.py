@@ -1,7 +1,7 @@
 """`vqvae2 evaluate` (rejection sampling + FD / KID / IS / precision-recall) and `vqvae2 fid-stats`.
 
 Evaluation streams: candidates are sampled into a chunked store (`eval/candidates/`, resumable) with
-the rejection network's probabilities; the feature extractor sees every candidate once, the real
+the rejection network's probabilities, when there is one; the feature extractor sees every candidate once, the real
 images once (or never, when `eval.reference_stats` gives their statistics), and each acceptance rate
 is a selection of rows of those features. Memory holds features, not images.
 """
@@ -236,7 +236,7 @@ def _reconstruction(vqvae: VQVAE2, val_set, net: FeatureExtractor, real, spec: E
 def _rejection_provenance(cfg: PipelineConfig, run: RunDir, reject_net, dirs: dict, accepted_probs: dict) -> dict:
     if reject_net is None:
         return dict(rejection="none: the data has no class labels and every acceptance rate is 1, so no realism "
-                              "classifier is trained or used")
+                              "classifier is used")
     if "realism" in dirs:
         real = ("training images reconstructed by the VQ-VAE" if cfg.train_classifier.realism_real == "reconstructions"
                 else "training images")

@@ -1,6 +1,8 @@
 """The stages of a pipeline, one table: each stage's name, directory, hash, done marker, runner, summary
 and command. `vqvae2 run`, `vqvae2 status`, pre-flight and the stage commands all read it, so they
-cannot disagree on what a stage is or whether it is done."""
+cannot disagree on what a stage is or whether it is done. One stage is optional: the realism classifier of
+data without labels evaluated at acceptance 1 alone is not part of the run (nothing uses it), though its
+command still trains it."""
 from __future__ import annotations
 
 from dataclasses import dataclass

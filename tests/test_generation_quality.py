@@ -155,6 +155,20 @@ def test_generation_quality_benchmark_rows(guided_run, tmp_path):
         assert key in result
 
 
+def test_guidance_settings_claim_an_equal_cost_only_when_every_level_runs_twice():
+    """A guided level runs its batch twice (label and "no label"): twice the work, as acceptance 0.5 draws two
+    candidates. A level at guidance 1 runs once, so such settings are timed, not given a nominal cost."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("gq", REPO / "benchmarks" / "generation_quality.py")
+    gq = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gq)
+    assert gq.parse_levels("4") == 4.0 and gq.parse_levels("4,1,1") == [4.0, 1.0, 1.0]
+    assert gq.guided_cost(gq.parse_levels("4")) == {"equal_cost_acceptance": 0.5}
+    assert gq.guided_cost(gq.parse_levels("2,3"), 0.5) == {"equal_cost_acceptance": 0.25}
+    assert gq.guided_cost(gq.parse_levels("4,1,1")) == {} and gq.guided_cost(1.0, 0.5) == {}
+    assert gq.scale_name(gq.parse_levels("4,1,1")) == "4-1-1" and gq.scale_name(2.5) == "2.5"
+
+
 def test_quotas_split_places_by_frequency_and_fill_from_the_rest():
     sys.path.insert(0, str(REPO / "benchmarks"))
     from realism_variants import by_quotas, quotas

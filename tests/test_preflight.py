@@ -115,6 +115,21 @@ def test_unlabelled_folder_runs_end_to_end_with_inception_and_realism_rejection(
     assert "classifier" not in [s["stage"] for s in stages] and all(s["state"] == DONE for s in stages)
 
 
+def test_a_realism_classifier_that_will_not_train_is_not_checked(tmp_path):
+    """Data without labels at acceptance 1 alone trains no realism classifier, so its fp16 setting is no error
+    on a CPU; with a rate below 1 it trains and is refused"""
+    from pipelines.config import resolve_config
+    from pipelines.preflight import PreflightError, preflight
+    if torch.cuda.is_available():
+        pytest.skip("fp16 is allowed where a GPU is visible")
+    folder = unlabelled_folder(tmp_path / "faces")
+    overrides = ffhq_like(folder, "train_classifier.mixed_precision='fp16'")[1::2]  # the values after each --set
+    found = preflight(resolve_config("ffhq256", [*overrides, "eval.acceptance_rates=[1.0]"]), "classifier")
+    assert found["num_classes"] == 0 and "classifier" in found["groups"]  # run_all says it skips the stage
+    with pytest.raises(PreflightError, match=r"train_classifier\.mixed_precision='fp16'"):
+        preflight(resolve_config("ffhq256", [*overrides, "eval.acceptance_rates=[1.0, 0.5]"]), "classifier")
+
+
 def test_fp16_without_a_gpu_is_refused_naming_the_section_that_sets_it(tmp_path):
     """A prior's own [prior.<level>.train] table is what its stage trains with, so its precision is
     the one checked; fp16 with no GPU is an error naming that table."""
