@@ -19,7 +19,7 @@ row's first 64 images are saved as DIR/<row>.png. Rows:
   row used, and the best of those guided rows with the best top-p;
 - guided class rejection: the best guided setting's samples kept by the rejection network at 0.5 (2 guided
   candidates per sample: the cost of acceptance 0.25), and each --guided-rejection setting's (e.g. 4,1,1: only
-  the top level guided, whose 8x8 grid costs little beside the levels below);
+  the top level guided, whose 8x8 grid costs little beside the levels below; 4,1,1:0.9 with top-p 0.9);
 - class rejection (the run's rejection network) and realism rejection at 0.5, 0.25, 0.1: 2, 4 and 10
   candidates per sample; a guided sample costs two (one batch of twice the samples), as acceptance 0.5 does.
   Realism rejection is what stage 3 does for a folder without labels, on a copy of the run with the labels
@@ -223,8 +223,9 @@ def main() -> None:
                     help="guidance scales also tried on the averaged weights (a run trained with both)")
     ap.add_argument("--level-guidance", nargs="*", default=[], metavar="G,G,...",
                     help="per-level guidance scales (top first), each a row: e.g. 4,4,6")
-    ap.add_argument("--guided-rejection", nargs="*", default=[], metavar="G[,G,...]",
-                    help="guidance settings (one, or one per level) also kept by class rejection at 0.5, e.g. 4,1,1")
+    ap.add_argument("--guided-rejection", nargs="*", default=[], metavar="G[,G,...][:P]",
+                    help="guidance settings (one, or one per level; :P adds top-p P) also kept by class rejection at "
+                         "0.5, e.g. 4,1,1 or 4,1,1:0.9")
     ap.add_argument("--no-realism", action="store_true", help="skip the realism rejection rows")
     ap.add_argument("--realism-priors", choices=("unlabelled", "run"), default="unlabelled",
                     help="the priors of the realism rows: a copy trained without labels (RUN-unlabelled), or the run's")
@@ -286,10 +287,11 @@ def main() -> None:
     best = best_guided()
     settings = [(best["name"], best["guidance"], best["top_p"], best["ema"])]
     for spec in args.guided_rejection:  # on the weights the best guided row used
-        g = parse_levels(spec)
-        name = f"guidance-{scale_name(g)}" + ("-ema" if best["ema"] else "")
+        scales, _, p = spec.partition(":")
+        g, top_p = parse_levels(scales), float(p or 0)
+        name = f"guidance-{scale_name(g)}" + (f"-top-p-{top_p:g}" if top_p else "") + ("-ema" if best["ema"] else "")
         if name not in [n for n, *_ in settings]:  # the best row's own setting is there already
-            settings.append((name, g, 0.0, best["ema"]))
+            settings.append((name, g, top_p, best["ema"]))
     for name, g, top_p, averaged_weights in settings:
         controls = {"guidance": g, **({"top_p": top_p} if top_p else {})}
         images = class_rejected(weights(averaged_weights), reject, args.n, 0.5, args.seed, clock, **controls)

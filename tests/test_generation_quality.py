@@ -105,7 +105,7 @@ def test_generation_quality_benchmark_rows(guided_run, tmp_path):
     out, grids = tmp_path / "gq.json", tmp_path / "grids"
     proc = subprocess.run([sys.executable, "benchmarks/generation_quality.py", "--run-dir", str(guided_run), "--out",
                            str(out), "--grid-dir", str(grids), "--n", "8", "--guidance", "2", "--top-p", "0.9",
-                           "--ema-guidance", "2", "--level-guidance", "1,3", "--guided-rejection", "2,1"],
+                           "--ema-guidance", "2", "--level-guidance", "1,3", "--guided-rejection", "2,1", "2,1:0.9"],
                           cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -127,7 +127,10 @@ def test_generation_quality_benchmark_rows(guided_run, tmp_path):
     assert top_only["name"] == "guidance-2-1" + ("-ema" if best["ema"] else "") + "-class-rejection-0.5"
     assert (top_only["guidance"], top_only["acceptance_rate"], top_only["ema"]) == ([2, 1], 0.5, best["ema"])
     assert "equal_cost_acceptance" not in top_only  # one level unguided: its cost is measured, not 0.25
-    assert names[9:] == ["class-rejection-0.5", "class-rejection-0.25", "class-rejection-0.1", "realism-rejection-1",
+    with_top_p = result["rows"][9]
+    assert with_top_p["name"] == "guidance-2-1-top-p-0.9" + ("-ema" if best["ema"] else "") + "-class-rejection-0.5"
+    assert (with_top_p["guidance"], with_top_p["top_p"]) == ([2, 1], 0.9)
+    assert names[10:] == ["class-rejection-0.5", "class-rejection-0.25", "class-rejection-0.1", "realism-rejection-1",
                          "realism-rejection-0.5", "realism-rejection-0.25", "realism-rejection-0.1"]
     assert not Path(f"{guided_run}-guided").exists()
     keys = {"name", "acceptance_rate", "rejection", "guidance", "top_p", "ema", "fd_domain", "precision", "recall", "grid",
