@@ -229,7 +229,8 @@ def main() -> None:
               "reconstruction_fd_domain": scorer.reconstruction["fd_domain"], "n": n,
               "candidates": len(candidates.images), "generated_for_realism": n_gen,
               "realism_steps": steps, "temperature": temperature,
-              "predicted_class_mix": class_mix, "kmeans_on": f"the {top} level's code vectors of {len(real)} training images", "run_dir": str(run.root),
+              "predicted_class_mix": class_mix, "run_dir": str(run.root),
+              "kmeans_on": f"the {top} level's code vectors of {len(real)} training images",
               "extractor": scorer.spec.name, "total_seconds": time.perf_counter() - t0,
               "command": "python benchmarks/realism_variants.py " + " ".join(sys.argv[1:]), "machine": machine}
     lock.release()

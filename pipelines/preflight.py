@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from .config import PipelineConfig
-from .stages import groups_until, rejection_used
+from .stages import groups_until, pipeline_stages
 
 
 class PreflightError(ValueError):
@@ -101,8 +101,8 @@ def preflight(cfg: PipelineConfig, until: str | None = None) -> dict:
     stages = groups_until(until)
     _check_data(cfg)
     n_classes = data_num_classes(cfg)
-    unused = {"classifier"} if n_classes < 2 and not rejection_used(cfg) else set()  # the realism one: not trained
-    _check_precision(cfg, [s for s in stages if s not in unused])
+    planned = {s.group for s in pipeline_stages(cfg, n_classes >= 2)}  # what run_all will make: no unused classifier
+    _check_precision(cfg, [s for s in stages if s in planned])
     if "samples" in stages and cfg.sample.class_label >= 0 and n_classes == 0:
         raise PreflightError(f"sample.class_label={cfg.sample.class_label}, but data {cfg.data.name!r} has no "
                              f"class labels: the priors will be unconditional; leave sample.class_label at -1")
