@@ -32,11 +32,18 @@ row's first 64 images are saved as DIR/<row>.png. Rows:
 Every row records what its samples cost: `sample_seconds`, the wall time of drawing its candidates (a share of
 the shared candidates for the rejection rows), and `cost`, that time over the baseline's (the same number of
 samples, no guidance, no rejection); run it alone on the machine for these to mean anything.
+
+Each row is also appended to DIR/rows.jsonl as it is scored. `--resume` goes on with an interrupted run (the
+realism rows train three priors again, hours on a small CPU): rows recorded there for the same run weights,
+options and machine are reused, not drawn again, and only the rest is measured. Costs stay comparable because a
+row is reused only on the machine that timed the baseline.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
 import shutil
 import sys
 import time
@@ -83,6 +90,52 @@ class Clock:
         out = pipe(n, seed=seed, output="uint8", **controls)
         self.last = time.perf_counter() - t0
         return out
+
+
+class Ledger:
+    """The rows measured so far, one JSON line each in `path`, with the `context` they were measured in (run
+    weights, options, machine). `resume` keeps the rows of that context whose grid still exists; otherwise
+    the file starts empty."""
+
+    def __init__(self, path: Path, context: dict, resume: bool):
+        self.path, self.context, self.done = path, context, {}
+        if resume and path.is_file():
+            for line in path.read_text().splitlines():
+                try:
+                    r = json.loads(line)
+                except json.JSONDecodeError:  # a line cut short by the interruption
+                    continue
+                if r.pop("context", None) == context and ("grid" not in r or Path(r["grid"]).is_file()):
+                    self.done[r["name"]] = r
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps({**r, "context": context}) + "\n" for r in self.done.values()))
+        self.reused = [name for name in self.done if not name.startswith("_")]
+        self.earlier = sum(r.get("seconds_spent", 0.0) for r in self.done.values())  # what the reused rows took
+        self.since = time.perf_counter()
+
+    def get(self, name: str) -> dict | None:
+        return self.done.get(name)
+
+    def record(self, r: dict) -> dict:
+        """Append `r` with `seconds_spent`, the wall time since the previous record of this process."""
+        now = time.perf_counter()
+        r = {**r, "seconds_spent": now - self.since}
+        self.since = now
+        with open(self.path, "a") as f:
+            f.write(json.dumps({**r, "context": self.context}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.done[r["name"]] = r
+        return r
+
+
+def run_identity(run: RunDir, cfg) -> str:
+    """A digest of what the rows of `run` depend on: its config and the weights of its VQ-VAE and priors."""
+    h = hashlib.sha256(run.config.read_bytes())
+    for folder in [run.vqvae] + [run.prior(level) for level in cfg.vqvae.levels]:
+        for f in sorted(folder.glob("**/model.safetensors")):
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def parse_levels(spec: str) -> float | list[float]:
@@ -226,6 +279,8 @@ def main() -> None:
     ap.add_argument("--no-realism", action="store_true", help="skip the realism rejection rows")
     ap.add_argument("--realism-priors", choices=("unlabelled", "run"), default="unlabelled",
                     help="the priors of the realism rows: a copy trained without labels (RUN-unlabelled), or the run's")
+    ap.add_argument("--resume", action="store_true",
+                    help="reuse the rows an interrupted run recorded in GRID_DIR/rows.jsonl (same run, options, machine)")
     args = ap.parse_args()
     keep_freed_memory()
     init_processes()
@@ -241,20 +296,32 @@ def main() -> None:
     ema = cfg.prior_train(cfg.vqvae.levels[0]).ema_decay if raw else args.ema
     scorer = Scorer(cfg, run, plain)
     clock = Clock()
-    sample = lambda pipe, n, **kw: clock(pipe, n, args.seed, **kw).images
+    sample = lambda pipe, n, **kw: (lambda: clock(pipe, n, args.seed, **kw).images)  # draws when called
     grids, rows = args.grid_dir, []
+    context = {"run": run_identity(run, cfg), "n": args.n, "seed": args.seed, "label_dropout": args.label_dropout,
+               "ema": args.ema, "realism_priors": args.realism_priors, "machine": describe(calibrated=False)}
+    ledger = Ledger(grids / "rows.jsonl", context, args.resume)
 
-    def add(name: str, images: torch.Tensor, **settings) -> None:  # a row of the samples the clock just timed
-        rows.append(row(name, scorer, images, grids, clock.last, **settings))
+    def add(name: str, draw, seconds=None, **settings) -> None:
+        """The row `name`: reused from the ledger, or drawn now (draw() -> images) and scored; `seconds`: the
+        time its candidates took, by default that of the clock's last draw."""
+        r = ledger.get(name)
+        if r is None:
+            images = draw()
+            r = ledger.record(row(name, scorer, images, grids, clock.last if seconds is None else seconds(),
+                                  **settings))
+        else:
+            print(f"(reused from {ledger.path}) {name}", flush=True)
+        rows.append(r)
 
     plain(min(args.n, 8), seed=args.seed + 1)  # untimed warm-up: the baseline's time is the unit of cost
     add("baseline", sample(plain, args.n))
     for p in args.top_p:
         add(f"top-p-{p:g}", sample(plain, args.n, top_p=p), top_p=p)
     if ema:  # averaged weights: the run's own average, or priors trained again with one
-        pipe = averaged if raw else Pipeline.from_pretrained(retrained(run, "ema", [f"train_prior.ema_decay={ema}"]).root,
-                                                             device="cpu")
-        add("ema", sample(pipe, args.n), ema=ema)
+        pipe = (lambda: averaged) if raw else \
+            (lambda: Pipeline.from_pretrained(retrained(run, "ema", [f"train_prior.ema_decay={ema}"]).root, device="cpu"))
+        add("ema", lambda: sample(pipe(), args.n)(), ema=ema)
     guided, again = guided_pipeline(run, cfg, plain, args.label_dropout)
     dropout = guided.priors[0].config.label_dropout
     if again:
@@ -291,41 +358,64 @@ def main() -> None:
             settings.append((name, g, top_p, best["ema"]))
     for name, g, top_p, averaged_weights in settings:
         controls = {"guidance": g, **({"top_p": top_p} if top_p else {})}
-        images = class_rejected(weights(averaged_weights), reject, args.n, 0.5, args.seed, clock, **controls)
-        add(f"{name}-class-rejection-0.5", images, acceptance_rate=0.5, rejection="class", guidance=g, top_p=top_p,
+        draw = lambda e=averaged_weights, c=controls: class_rejected(weights(e), reject, args.n, 0.5, args.seed, clock, **c)
+        add(f"{name}-class-rejection-0.5", draw, acceptance_rate=0.5, rejection="class", guidance=g, top_p=top_p,
             ema=averaged_weights, label_dropout=dropout, **guided_cost(g, 0.5))
     # rejection: candidates from the run's priors as trained, kept by the rejection network or by realism
     most = candidates_needed(args.n, min(REJECTION_RATES))
-    candidates = clock(plain, most, args.seed)
-    share = lambda rate, total: total * candidates_needed(args.n, rate) / most  # the time of the candidates a rate uses
-    probs = predict_proba(reject, candidates.images, batch_size=256)
+    drawn = {}  # the shared candidates and the seconds they took, drawn at the first row that needs them
+
+    def shared(pipe: Pipeline, key: str):
+        if key not in drawn:
+            drawn[key] = (clock(pipe, most, args.seed), clock.last)
+        return drawn[key]
+
+    def share(rate: float, key: str):  # the time of the candidates a rate uses
+        return lambda: drawn[key][1] * candidates_needed(args.n, rate) / most
+
+    def class_kept(rate: float) -> torch.Tensor:
+        candidates, _ = shared(plain, "plain")
+        if "probs" not in drawn:
+            drawn["probs"] = predict_proba(reject, candidates.images, batch_size=256)
+        idx = rejection_sample(candidates.images, drawn["probs"], args.n, rate, target_classes=candidates.labels)
+        return candidates.images[idx]
+
     for rate in REJECTION_RATES:
-        idx = rejection_sample(candidates.images, probs, args.n, rate, target_classes=candidates.labels)
-        rows.append(row(f"class-rejection-{rate:g}", scorer, candidates.images[idx], grids, share(rate, clock.last),
-                        acceptance_rate=rate, rejection="class"))
+        add(f"class-rejection-{rate:g}", lambda rate=rate: class_kept(rate), seconds=share(rate, "plain"),
+            acceptance_rate=rate, rejection="class")
     realism, realism_priors = "not run (--no-realism)", None
     if not args.no_realism:
-        source, rcfg, rpipe, seconds = run, cfg, plain, clock.last
+        realism_rates = (1.0, *REJECTION_RATES)
+        source, key = run, "plain"
         if args.realism_priors == "unlabelled":  # the priors a folder without labels would have
-            source = retrained(run, "unlabelled", [f"prior.{lv}.class_conditional=false" for lv in cfg.vqvae.levels])
-            rcfg = load_run_config(source, None, [], write=False)
-            averaged_u = Pipeline.from_pretrained(source.root, device="cpu")
-            rpipe = raw_pipeline(source, averaged_u) or averaged_u  # as trained, like the baseline
-            candidates = clock(rpipe, most, args.seed)
-            seconds = clock.last
+            source = RunDir(Path(f"{run.root}-unlabelled"))
         realism_priors = f"{args.realism_priors} ({source.root})"
-        p_real, realism = realism_probs(rcfg, source, rpipe, candidates.images, cfg.eval.seed)
-        for rate in (1.0, *REJECTION_RATES):
-            idx = realism_sample(p_real, args.n, rate, seed=args.seed)
-            rows.append(row(f"realism-rejection-{rate:g}", scorer, candidates.images[idx], grids, share(rate, seconds),
-                            acceptance_rate=rate, rejection="realism", priors=args.realism_priors))
+        names = [f"realism-rejection-{rate:g}" for rate in realism_rates]
+        if ledger.get("_realism") and all(ledger.get(n) for n in names):
+            realism = ledger.get("_realism")["summary"]
+        else:
+            rcfg, rpipe = cfg, plain
+            if args.realism_priors == "unlabelled":
+                source = retrained(run, "unlabelled", [f"prior.{lv}.class_conditional=false" for lv in cfg.vqvae.levels])
+                rcfg = load_run_config(source, None, [], write=False)
+                averaged_u = Pipeline.from_pretrained(source.root, device="cpu")
+                rpipe, key = raw_pipeline(source, averaged_u) or averaged_u, "unlabelled"  # as trained, like the baseline
+            candidates, _ = shared(rpipe, key)
+            p_real, realism = realism_probs(rcfg, source, rpipe, candidates.images, cfg.eval.seed)
+            ledger.record({"name": "_realism", "summary": realism})
+        for rate, name in zip(realism_rates, names):
+            add(name, lambda rate=rate: candidates.images[realism_sample(p_real, args.n, rate, seed=args.seed)],
+                seconds=share(rate, key), acceptance_rate=rate, rejection="realism", priors=args.realism_priors)
+    rows = [{k: v for k, v in r.items() if k != "seconds_spent"} for r in rows]
     for r in rows:  # the baseline's sampling time is the unit of cost
         r["cost"] = r["sample_seconds"] / rows[0]["sample_seconds"]
     result = {"rows": rows, "reconstruction_fd_domain": scorer.reconstruction["fd_domain"],
               "reconstruction": scorer.reconstruction, "extractor": scorer.spec.name,
               "extractor_trained_on": f"the {cfg.data.name} training split's class labels ({run.classifier})",
               "realism": realism, "realism_priors": realism_priors, "weights": "as trained (prior-<level>/raw); ema rows: their average" if raw
-              else "the run's priors", "n": args.n, "run_dir": str(run.root), "total_seconds": time.perf_counter() - t0,
+              else "the run's priors", "n": args.n, "run_dir": str(run.root), "reused_rows": ledger.reused,
+              # this process's time and the time the rows it reused took (time an interruption lost is not in it)
+              "total_seconds": time.perf_counter() - t0 + ledger.earlier,
               "command": "python benchmarks/generation_quality.py " + " ".join(sys.argv[1:]), "machine": machine}
     lock.release()
     write_json(args.out, result)

@@ -161,15 +161,72 @@ def test_generation_quality_benchmark_rows(guided_run, tmp_path):
 def test_guidance_settings_claim_an_equal_cost_only_when_every_level_runs_twice():
     """A guided level runs its batch twice (label and "no label"): twice the work, as acceptance 0.5 draws two
     candidates. A level at guidance 1 runs once, so such settings are timed, not given a nominal cost."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("gq", REPO / "benchmarks" / "generation_quality.py")
-    gq = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gq)
+    gq = _gq_module()
     assert gq.parse_levels("4") == 4.0 and gq.parse_levels("4,1,1") == [4.0, 1.0, 1.0]
     assert gq.guided_cost(gq.parse_levels("4")) == {"equal_cost_acceptance": 0.5}
     assert gq.guided_cost(gq.parse_levels("2,3"), 0.5) == {"equal_cost_acceptance": 0.25}
     assert gq.guided_cost(gq.parse_levels("4,1,1")) == {} and gq.guided_cost(1.0, 0.5) == {}
     assert gq.scale_name(gq.parse_levels("4,1,1")) == "4-1-1" and gq.scale_name(2.5) == "2.5"
+
+
+def _gq_module():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("gq", REPO / "benchmarks" / "generation_quality.py")
+    gq = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gq)
+    return gq
+
+
+def test_the_ledger_keeps_only_rows_of_the_same_context(tmp_path):
+    """rows.jsonl: with resume, the rows of the same context whose grid exists are kept (a line cut short by an
+    interruption is dropped); another context (e.g. another machine) or no resume starts it empty"""
+    gq = _gq_module()
+    path, grid = tmp_path / "rows.jsonl", tmp_path / "a.png"
+    grid.write_bytes(b"png")
+    ledger = gq.Ledger(path, {"run": "r1"}, resume=False)
+    ledger.record({"name": "a", "fd_domain": 1.0, "grid": str(grid)})
+    ledger.record({"name": "b", "fd_domain": 2.0, "grid": str(tmp_path / "gone.png")})
+    ledger.record({"name": "_realism", "summary": {"x": 1}})
+    with open(path, "a") as f:
+        f.write('{"name": "c", "fd_do')
+    again = gq.Ledger(path, {"run": "r1"}, resume=True)
+    assert again.reused == ["a"] and again.get("_realism") == {"name": "_realism", "summary": {"x": 1},
+                                                              "seconds_spent": ledger.get("_realism")["seconds_spent"]}
+    assert again.get("b") is None and again.get("c") is None and again.get("a")["fd_domain"] == 1.0
+    assert again.earlier == pytest.approx(ledger.get("a")["seconds_spent"] + ledger.get("_realism")["seconds_spent"])
+    assert [json.loads(line)["name"] for line in path.read_text().splitlines()] == ["a", "_realism"]
+    assert gq.Ledger(path, {"run": "r2"}, resume=True).reused == [] and path.read_text() == ""
+    gq.Ledger(path, {"run": "r1"}, resume=True).record({"name": "a", "grid": str(grid)})
+    assert gq.Ledger(path, {"run": "r1"}, resume=False).reused == [] and path.read_text() == ""
+
+
+def test_generation_quality_resumes_an_interrupted_run(guided_run, tmp_path):
+    """an interrupted run (its ledger cut after three rows) goes on with --resume: those rows are reused, not
+    drawn again, and the rest come out as in an uninterrupted run; another --seed reuses nothing"""
+    out, grids = tmp_path / "gq.json", tmp_path / "grids"
+    cmd = [sys.executable, "benchmarks/generation_quality.py", "--run-dir", str(guided_run), "--out", str(out),
+           "--grid-dir", str(grids), "--n", "8", "--guidance", "2", "--top-p", "0.9", "--no-realism"]
+    run = lambda *extra: subprocess.run(cmd + list(extra), cwd=REPO, capture_output=True, text=True, timeout=600)
+    proc = run()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    whole = json.loads(out.read_text())
+    assert whole["reused_rows"] == []
+    ledger = grids / "rows.jsonl"
+    lines = ledger.read_text().splitlines()
+    assert [json.loads(line)["name"] for line in lines] == [r["name"] for r in whole["rows"]]
+    ledger.write_text("\n".join(lines[:3]) + "\n" + lines[3][:40])  # killed while writing the fourth
+    out.unlink()
+    proc = run("--resume")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    resumed = json.loads(out.read_text())
+    assert resumed["reused_rows"] == [r["name"] for r in whole["rows"][:3]]
+    assert proc.stdout.count("(reused from") == 3
+    strip = lambda r: {k: v for k, v in r.items() if k not in ("sample_seconds", "cost")}
+    assert [strip(r) for r in resumed["rows"]] == [strip(r) for r in whole["rows"]]
+    assert resumed["rows"][:3] == whole["rows"][:3]  # their timings too: the same baseline is the unit of cost
+    proc = run("--resume", "--seed", "1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(out.read_text())["reused_rows"] == []
 
 
 def test_quotas_split_places_by_frequency_and_fill_from_the_rest():
