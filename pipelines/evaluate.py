@@ -144,6 +144,10 @@ def _rejection_network(cfg: PipelineConfig, run: RunDir, device) -> tuple[Classi
 
 def evaluate(cfg: PipelineConfig, run: RunDir) -> dict | None:
     e = cfg.eval
+    if e.feature_extractor == "domain":  # `vqvae2 run` refuses this in pre-flight; `vqvae2 evaluate` here
+        from .preflight import data_num_classes, unlabelled_domain_error
+        if data_num_classes(cfg) < 2:
+            raise ValueError(unlabelled_domain_error(cfg))
     state = PartialState()
     device = state.device
     vqvae = VQVAE2.from_pretrained(run.vqvae, map_location=device).eval()

@@ -32,6 +32,14 @@ def data_num_classes(cfg: PipelineConfig) -> int:
     return len(folder_class_names(root, list_image_files(root)))
 
 
+def unlabelled_domain_error(cfg: PipelineConfig) -> str:
+    """Why data without labels cannot be evaluated with the domain extractor, and what to use."""
+    return (f"evaluation uses the domain extractor (eval.feature_extractor='domain'), a classifier trained on the "
+            f"data's class labels, but data {cfg.data.name!r} ({cfg.data.root}) has no class labels (no class "
+            f"subfolders). Evaluate with Inception: --set eval.feature_extractor='inception' (weights at "
+            f"eval.inception_weights or in torch's hub cache)")
+
+
 def _check_data(cfg: PipelineConfig) -> None:
     d = cfg.data
     if d.name == "folder":
@@ -69,11 +77,7 @@ def _check_evaluation(cfg: PipelineConfig, stages: list[str], n_classes: int) ->
     if not e.enabled or "eval" not in stages:
         return
     if e.feature_extractor == "domain" and n_classes < 2:
-        raise PreflightError(
-            f"evaluation uses the domain extractor (eval.feature_extractor='domain'), a classifier trained on the "
-            f"data's class labels, but data {cfg.data.name!r} ({cfg.data.root}) has no class labels (no "
-            f"class subfolders). Evaluate with Inception: --set eval.feature_extractor='inception' (weights at "
-            f"eval.inception_weights or in torch's hub cache), or stop before evaluation with --until samples")
+        raise PreflightError(unlabelled_domain_error(cfg) + ", or stop before evaluation with --until samples")
     from .datasets import list_image_files
     if e.feature_extractor == "inception":
         from eval.features import inception_extractor

@@ -113,6 +113,13 @@ def test_unlabelled_folder_runs_end_to_end_with_inception_and_realism_rejection(
     assert "rejection_classifier_hash" not in report["provenance"]
     stages = run_status(RunDir(run))["stages"]
     assert "classifier" not in [s["stage"] for s in stages] and all(s["state"] == DONE for s in stages)
+    # the domain extractor needs class labels: `vqvae2 evaluate` says so in one line, as `vqvae2 run` does
+    capsys.readouterr()
+    assert main(["evaluate", "--run-dir", str(run), "--set", "eval.feature_extractor='domain'"]) == 2  # a usage error
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("vqvae2 evaluate: error: evaluation uses the domain extractor") and "\n" not in err
+    assert "has no class labels" in err and "eval.feature_extractor='inception'" in err
+    assert json.loads((run / "eval" / "report.json").read_text())["rows"] == report["rows"]  # left as it was
 
 
 def test_a_realism_classifier_that_will_not_train_is_not_checked(tmp_path):
