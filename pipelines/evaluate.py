@@ -44,6 +44,9 @@ def extractor_spec(cfg: PipelineConfig, run: RunDir | None) -> ExtractorSpec:
     e = cfg.eval
     if e.feature_extractor == "inception":
         return inception_extractor(e.inception_weights or None).with_resize(e.resize)
+    from .preflight import data_num_classes, unlabelled_domain_error
+    if data_num_classes(cfg) < 2:  # `vqvae2 run` refuses this in pre-flight; `vqvae2 evaluate` here
+        raise ValueError(unlabelled_domain_error(cfg))
     if run is None or not (run.classifier / "model.safetensors").is_file():
         where = "the run" if run is None else str(run.classifier)
         raise FileNotFoundError(f"the domain extractor needs the run's classifier ({where}/model.safetensors): run "
@@ -144,10 +147,6 @@ def _rejection_network(cfg: PipelineConfig, run: RunDir, device) -> tuple[Classi
 
 def evaluate(cfg: PipelineConfig, run: RunDir) -> dict | None:
     e = cfg.eval
-    if e.feature_extractor == "domain":  # `vqvae2 run` refuses this in pre-flight; `vqvae2 evaluate` here
-        from .preflight import data_num_classes, unlabelled_domain_error
-        if data_num_classes(cfg) < 2:
-            raise ValueError(unlabelled_domain_error(cfg))
     state = PartialState()
     device = state.device
     vqvae = VQVAE2.from_pretrained(run.vqvae, map_location=device).eval()
