@@ -11,7 +11,8 @@ JSON of the run that made it, if there is one). `--resume` goes on with an inter
 finished stage's time is kept in `bench-seconds.json` in the run directory, finished stages are not
 run again, and the interrupted stage resumes from its last checkpoint; its time is the resumed part
 plus the part before the interruption (give it with `--seconds-before NAME=SECONDS`, e.g. from the
-checkpoint's file time), and the JSON records that the run was resumed. Targets: every level uses >= 90% of
+checkpoint's file time), and the JSON records that the run was resumed. `--paused NAME=SECONDS` takes out of a
+stage's time the seconds it was stopped (SIGSTOP, e.g. while CI had the cores); the JSON lists them. Targets: every level uses >= 90% of
 its codebook; recon_psnr >= 26 dB; each prior's validation NLL >= 1 bit below its level's
 unigram entropy (validation codes); FD-domain and precision better at acceptance 0.1 than at 1.0;
 total_seconds <= 5400.
@@ -75,6 +76,16 @@ def run_pipeline(cfg, run: RunDir, seconds: dict[str, float] | None = None,
     return seconds
 
 
+def without_pauses(seconds: dict[str, float], paused: dict[str, float]) -> dict[str, float]:
+    """Each stage's seconds less the seconds it was stopped; a paused stage must exist and have run longer."""
+    for name, t in paused.items():
+        if name not in seconds:
+            raise ValueError(f"no stage named {name!r} (stages: {', '.join(seconds)})")
+        if not 0 <= t < seconds[name]:
+            raise ValueError(f"{name} ran {seconds[name]:.0f} s; it cannot have been stopped for {t:g} s of them")
+    return {name: t - paused.get(name, 0.0) for name, t in seconds.items()}
+
+
 def vary_grid(cfg, run: RunDir, out: Path) -> dict:
     """`vqvae2 vary` on a validation face (not seen in training), keeping the top level."""
     from PIL import Image
@@ -100,6 +111,8 @@ def main() -> None:
                     help="with --resume: a stage finished before bench-seconds.json existed")
     ap.add_argument("--seconds-before", dest="before", action="append", default=[], metavar="NAME=SECONDS",
                     help="with --resume: time the interrupted stage ran before the interruption")
+    ap.add_argument("--paused", dest="paused", action="append", default=[], metavar="NAME=SECONDS",
+                    help="seconds a stage was stopped (SIGSTOP): taken out of its time")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     args = ap.parse_args()
 
@@ -133,6 +146,11 @@ def main() -> None:
         cfg = load_run_config(run, "faces128", [f"data.cache_dir='{run.root / 'data-cache'}'", *args.overrides])
         seconds = run_pipeline(cfg, run)
 
+    paused = pairs(args.paused)
+    try:
+        seconds = without_pauses(seconds, paused)
+    except ValueError as e:
+        ap.error(f"--paused: {e}")
     vq = read_json(run.vqvae / "metrics.json")
     meta = read_json(run.codes / "codes.json")
     report = read_json(run.eval / "report.json")
@@ -148,6 +166,7 @@ def main() -> None:
         "n_samples": rows[0]["n_generated"], "n_real": report["provenance"]["n_real"],
         "classifier_accuracy": read_json(run.classifier / "metrics.json")["accuracy"],
         "stage_seconds": seconds, "total_seconds": sum(seconds.values()) if seconds else None, "resumed": resumed,
+        "paused_seconds": paused,
         "torch": torch.__version__, "threads": torch.get_num_threads(),
         "command": "python benchmarks/faces128.py " + " ".join(sys.argv[1:]), "machine": describe(),
     }

@@ -277,6 +277,20 @@ def test_realism_variants_benchmark_rows(guided_run, tmp_path):
     assert drops["mean"] == pytest.approx(sum(drops["per_seed"]) / 2)
 
 
+def test_faces128_takes_the_seconds_a_stage_was_stopped_out_of_its_time():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("faces128_bench", REPO / "benchmarks" / "faces128.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    seconds = {"vqvae": 100.0, "prior_bottom": 6756.0}
+    assert bench.without_pauses(seconds, {"prior_bottom": 1946.0}) == {"vqvae": 100.0, "prior_bottom": 4810.0}
+    assert bench.without_pauses(seconds, {}) == seconds
+    with pytest.raises(ValueError, match="no stage named 'prior_botom'"):
+        bench.without_pauses(seconds, {"prior_botom": 1.0})
+    with pytest.raises(ValueError, match="vqvae ran 100 s"):
+        bench.without_pauses(seconds, {"vqvae": 100.0})
+
+
 def test_faces128_cost_projects_every_training_stage(tmp_path):
     """the projection multiplies each stage's timed step by the preset's steps (the middle prior trains 6,000)"""
     out = tmp_path / "cost.json"
