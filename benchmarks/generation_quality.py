@@ -43,7 +43,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import shutil
 import sys
 import time
@@ -60,7 +59,7 @@ from eval.classifier import Classifier, predict_proba
 from eval.metrics import FeatureExtractor, metrics_from_features
 from eval.rejection import candidates_needed, realism_sample, rejection_sample
 from pipelines.allocator import keep_freed_memory
-from pipelines.artifacts import RunDir, save_png, write_json
+from pipelines.artifacts import RunDir, append_jsonl, atomic_write, save_png, write_json
 from pipelines.cli import init_processes, load_run_config
 from pipelines.datasets import build_datasets
 from pipelines.evaluate import extractor_spec, image_batches, reconstructions
@@ -108,7 +107,8 @@ class Ledger:
                 if r.pop("context", None) == context and ("grid" not in r or Path(r["grid"]).is_file()):
                     self.done[r["name"]] = r
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(json.dumps({**r, "context": context}) + "\n" for r in self.done.values()))
+        kept = "".join(json.dumps({**r, "context": context}) + "\n" for r in self.done.values())
+        atomic_write(path, lambda tmp: Path(tmp).write_text(kept))
         self.reused = [name for name in self.done if not name.startswith("_")]
         self.earlier = sum(r.get("seconds_spent", 0.0) for r in self.done.values())  # what the reused rows took
         self.since = time.perf_counter()
@@ -121,10 +121,7 @@ class Ledger:
         now = time.perf_counter()
         r = {**r, "seconds_spent": now - self.since}
         self.since = now
-        with open(self.path, "a") as f:
-            f.write(json.dumps({**r, "context": self.context}) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append_jsonl(self.path, {**r, "context": self.context})
         self.done[r["name"]] = r
         return r
 
@@ -169,9 +166,14 @@ def locked(root: Path) -> RunLock:
         raise SystemExit(f"{Path(sys.argv[0]).name}: {e}") from None
 
 
+def sibling(run: RunDir, suffix: str) -> RunDir:
+    """RUN-<suffix>, the copy of the run that retrained() trains."""
+    return RunDir(Path(f"{run.root}-{suffix}"))
+
+
 def retrained(run: RunDir, suffix: str, overrides: list[str]) -> RunDir:
     """RUN-<suffix>: the run's VQ-VAE, codes and classifiers, its priors trained again with `overrides`."""
-    guided = RunDir(Path(f"{run.root}-{suffix}"))
+    guided = sibling(run, suffix)
     lock = locked(guided.root)
     try:
         for part in ("vqvae", "codes", "classifier"):
@@ -388,7 +390,7 @@ def main() -> None:
         realism_rates = (1.0, *REJECTION_RATES)
         source, key = run, "plain"
         if args.realism_priors == "unlabelled":  # the priors a folder without labels would have
-            source = RunDir(Path(f"{run.root}-unlabelled"))
+            source = sibling(run, "unlabelled")
         realism_priors = f"{args.realism_priors} ({source.root})"
         names = [f"realism-rejection-{rate:g}" for rate in realism_rates]
         if ledger.get("_realism") and all(ledger.get(n) for n in names):
