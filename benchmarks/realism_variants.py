@@ -12,8 +12,10 @@ against the validation split). Rules:
   against the model's own samples, trained by pipelines.stage3), accepted by its density ratio D / (1 - D), as
   `vqvae2 evaluate` does; realism-images: the same against the training images as they are
   (train_classifier.realism_real = "images", the first rule). Each is trained --realism-seeds times, from
-  consecutive seeds and for --realism-steps steps, one row per seed; with --grid-dir, DIR/realism-<rule>.png
-  shows the 32 candidates the first seed's classifier ranks highest (top four rows) and the 32 it ranks lowest;
+  consecutive seeds and for --realism-steps steps, one row per seed, then (with two seeds or more)
+  realism-<rule>-ensemble, the seeds' classifiers together (their logits averaged); with --grid-dir,
+  DIR/realism-<rule>.png shows the 32 candidates the first seed's classifier ranks highest (top four rows) and
+  the 32 it ranks lowest. --realism-samples sets how many samples (and as many real images) they learn from;
 - realism-latent-<level>: the same idea on one level's code vectors (the image encoded again by the
   run's VQ-VAE, both for real and generated images), which hides the decoder's texture from it;
 - class-confidence: the run's rejection network, the probability of its predicted class, no quotas (what a
@@ -24,6 +26,9 @@ against the validation split). Rules:
 - kmeans-<k>-quotas-random, kmeans-<k>-quotas-latent-<level>: strata from k-means on the top level's code
   vectors of real training images (no labels), quotas their frequencies, chosen at random or by the
   latent realism classifier.
+
+--rules picks the families to run (default all): images, reconstructions, latent (realism-latent-<level>),
+class (class-*), kmeans (kmeans-*; its latent rows only with latent).
 
 The JSON's predicted_class_mix holds the shares of the rejection network's predicted classes among the training
 images, the first n candidates, and those the first seed of each realism rule keeps at 0.1.
@@ -58,6 +63,7 @@ from pipelines.train import machine_settings, train
 from vqvae2 import Pipeline
 
 RATES = (0.5, 0.25, 0.1)
+RULES = ("images", "reconstructions", "latent", "class", "kmeans")
 
 
 @torch.no_grad()
@@ -140,10 +146,13 @@ def main() -> None:
     ap.add_argument("--realism-seeds", type=int, default=3, help="stage 3 realism classifiers trained per rule")
     ap.add_argument("--realism-steps", type=int, default=0,
                     help="their training steps (default: the run's train_classifier.steps)")
+    ap.add_argument("--realism-samples", type=int, default=0,
+                    help="samples (and real images) each learns from (default: the run's train_classifier.realism_samples)")
+    ap.add_argument("--rules", nargs="+", choices=RULES, default=list(RULES), help="the families of rules to run")
     args = ap.parse_args()
-    if args.realism_seeds < 1 or args.realism_steps < 0:
-        ap.error(f"--realism-seeds must be >= 1 and --realism-steps >= 0, got {args.realism_seeds} and "
-                 f"{args.realism_steps}")
+    if args.realism_seeds < 1 or args.realism_steps < 0 or args.realism_samples < 0:
+        ap.error(f"--realism-seeds must be >= 1, --realism-steps and --realism-samples >= 0, got {args.realism_seeds}, "
+                 f"{args.realism_steps} and {args.realism_samples}")
     init_processes()
     machine, t0 = describe(), time.perf_counter()
     run = RunDir(args.run_dir)
@@ -151,6 +160,9 @@ def main() -> None:
         raise SystemExit(f"realism_variants.py: {run.config} does not exist: --run-dir must be a finished run")
     lock = locked(run.root)  # nothing may change the run while it is read
     cfg = load_run_config(run, None, [], write=False)
+    if args.realism_samples:
+        cfg = dataclasses.replace(cfg, train_classifier=dataclasses.replace(cfg.train_classifier,
+                                                                            realism_samples=args.realism_samples))
     averaged = Pipeline.from_pretrained(run.root, device="cpu")
     pipe = raw_pipeline(run, averaged) or averaged
     scorer = Scorer(cfg, run, pipe)
@@ -178,7 +190,8 @@ def main() -> None:
 
     drs = lambda p: {r: realism_sample(p, n, r, seed=args.seed) for r in RATES}
     steps, first_kept = args.realism_steps or cfg.train_classifier.steps, {}
-    for rule in ("images", "reconstructions"):
+    for rule in [r for r in ("images", "reconstructions") if r in args.rules]:
+        logits = []
         for s in range(args.realism_seeds):
             tc = dataclasses.replace(cfg.train_classifier, realism_real=rule, seed=cfg.train_classifier.seed + s,
                                      steps=steps, save_every=steps)
@@ -186,6 +199,10 @@ def main() -> None:
                                             cfg.eval.seed, name=f"classifier-{rule}", generated=generated)
             chosen = drs(p_real)
             add(f"realism-{rule}", chosen, classifier_seed=tc.seed, steps=steps, validation_accuracy=summary["accuracy"])
+            logits.append(torch.logit(p_real.double(), eps=1e-6))
+            if s + 1 == args.realism_seeds > 1:
+                add(f"realism-{rule}-ensemble", drs(torch.stack(logits).mean(0).sigmoid()), classifier_seeds=len(logits),
+                    steps=steps)
             if s > 0:
                 continue
             first_kept[f"realism-{rule} at {min(RATES):g} (seed {tc.seed})"] = chosen[min(RATES)]
@@ -194,7 +211,7 @@ def main() -> None:
                 save_png(args.grid_dir / f"realism-{rule}.png",
                          grid_image(candidates.images[torch.cat([order[:32], order[-32:]])], nrow=8))
     p_latent, realism_lock = {}, locked(Path(f"{run.root}-realism"))  # where the latent classifiers train
-    for level, name in enumerate(pipe.levels):
+    for level, name in enumerate(pipe.levels if "latent" in args.rules else []):
         net, accuracy = latent_discriminator(cfg, code_vectors(pipe, real, level), code_vectors(pipe, generated, level),
                                              args.steps, Path(f"{run.root}-realism") / f"latent-{name}")
         p_latent[name] = predict_proba(net, code_vectors(pipe, candidates.images, level), batch_size=500)[:, 1]
@@ -207,25 +224,29 @@ def main() -> None:
     share = lambda classes: (torch.bincount(classes, minlength=probs.shape[1]) / len(classes)).tolist()
     class_mix = {"training images": share(predict_proba(reject, real, batch_size=256).argmax(1)),
                  "candidates": share(predicted[:n]), **{k: share(predicted[idx]) for k, idx in first_kept.items()}}
-    add("class-confidence", {r: by_quotas(torch.zeros_like(predicted), torch.tensor([n]), confidence, n, r)
-                             for r in RATES})
-    q = quotas(real_labels, probs.shape[1], n)
     random_score = torch.rand(len(predicted), generator=torch.Generator().manual_seed(args.seed))
-    add("class-quotas-random", {r: by_quotas(predicted, q, random_score, n, r) for r in RATES})
-    add("class-quotas-confidence", {r: by_quotas(predicted, q, confidence, n, r) for r in RATES})
+    if "class" in args.rules:
+        add("class-confidence", {r: by_quotas(torch.zeros_like(predicted), torch.tensor([n]), confidence, n, r)
+                                 for r in RATES})
+        q = quotas(real_labels, probs.shape[1], n)
+        add("class-quotas-random", {r: by_quotas(predicted, q, random_score, n, r) for r in RATES})
+        add("class-quotas-confidence", {r: by_quotas(predicted, q, confidence, n, r) for r in RATES})
     top = pipe.levels[0]
     real_top = code_vectors(pipe, real, 0).flatten(1)
     cand_top = code_vectors(pipe, candidates.images, 0).flatten(1)
-    for k in args.kmeans:
+    for k in args.kmeans if "kmeans" in args.rules else []:
         centroids = kmeans(real_top, k, seed=args.seed)
         q, strata = quotas(torch.cdist(real_top, centroids).argmin(1), k, n), torch.cdist(cand_top, centroids).argmin(1)
         add(f"kmeans-{k}-quotas-random", {r: by_quotas(strata, q, random_score, n, r) for r in RATES})
-        for name in pipe.levels:
+        for name in p_latent:
             add(f"kmeans-{k}-quotas-latent-{name}", {r: by_quotas(strata, q, p_latent[name], n, r) for r in RATES})
-    seeds = {rule: [r["fd_drop_at_0.1"] for r in rows if r["rule"] == rule]
-             for rule in ("realism-images", "realism-reconstructions")}
-    result = {"rows": rows, "realism_fd_drop_at_0.1": {rule: {"per_seed": d, "mean": sum(d) / len(d)}
-                                                       for rule, d in seeds.items() if d},
+    drops = {}
+    for rule in ("realism-images", "realism-reconstructions"):
+        d = [r["fd_drop_at_0.1"] for r in rows if r["rule"] == rule]
+        together = [r["fd_drop_at_0.1"] for r in rows if r["rule"] == f"{rule}-ensemble"]
+        if d:
+            drops[rule] = {"per_seed": d, "mean": sum(d) / len(d), **({"ensemble": together[0]} if together else {})}
+    result = {"rows": rows, "realism_fd_drop_at_0.1": drops, "rules": args.rules,
               "reconstruction_fd_domain": scorer.reconstruction["fd_domain"], "n": n,
               "candidates": len(candidates.images), "generated_for_realism": n_gen,
               "realism_steps": steps, "temperature": temperature,

@@ -253,17 +253,20 @@ def test_realism_variants_benchmark_rows(guided_run, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert [r["rule"] for r in result["rows"]] == [
-        "realism-images", "realism-images", "realism-reconstructions", "realism-reconstructions", "realism-latent-top",
-        "realism-latent-bottom", "class-confidence", "class-quotas-random", "class-quotas-confidence",
+        "realism-images", "realism-images", "realism-images-ensemble", "realism-reconstructions",
+        "realism-reconstructions", "realism-reconstructions-ensemble", "realism-latent-top", "realism-latent-bottom",
+        "class-confidence", "class-quotas-random", "class-quotas-confidence",
         "kmeans-2-quotas-random", "kmeans-2-quotas-latent-top", "kmeans-2-quotas-latent-bottom"]
     for r in result["rows"]:
         assert list(r["rates"]) == ["1", "0.5", "0.25", "0.1"]
         assert all(0 <= m["precision"] <= 1 and m["fd_domain"] >= 0 for m in r["rates"].values())
     assert result["candidates"] == 80 and result["generated_for_realism"] == 16 and result["realism_steps"] == 4
-    for r in result["rows"][:6]:  # the realism classifiers' held-out accuracy
+    single = [r for r in result["rows"] if r["rule"] in ("realism-images", "realism-reconstructions")]
+    for r in single + result["rows"][6:8]:  # the realism classifiers' held-out accuracy
         assert 0 <= r["validation_accuracy"] <= 1
-    seeds = [r["classifier_seed"] for r in result["rows"][:4]]
+    seeds = [r["classifier_seed"] for r in single]
     assert seeds[:2] == seeds[2:] and seeds[1] == seeds[0] + 1
+    assert [r["classifier_seeds"] for r in result["rows"] if r["rule"].endswith("-ensemble")] == [2, 2]
     size = json.loads((guided_run / "config.json").read_text())["data"]["size"]
     grid = grid_image(torch.zeros(64, 3, size, size, dtype=torch.uint8), nrow=8).size
     for rule in ("images", "reconstructions"):  # the 32 highest-ranked candidates over the 32 lowest: 8 rows of 8
@@ -273,8 +276,24 @@ def test_realism_variants_benchmark_rows(guided_run, tmp_path):
                          "realism-reconstructions at 0.1 (seed 0)"]
     assert all(sum(shares) == pytest.approx(1) for shares in mix.values())
     drops = result["realism_fd_drop_at_0.1"]["realism-reconstructions"]
-    assert drops["per_seed"] == [r["fd_drop_at_0.1"] for r in result["rows"][2:4]]
+    assert drops["per_seed"] == [r["fd_drop_at_0.1"] for r in result["rows"][3:5]]
     assert drops["mean"] == pytest.approx(sum(drops["per_seed"]) / 2)
+    assert drops["ensemble"] == result["rows"][5]["fd_drop_at_0.1"]
+
+
+def test_realism_variants_runs_the_rules_asked_for(guided_run, tmp_path):
+    """--rules runs only those families; --realism-samples sets what the realism classifiers learn from; one seed
+    has no ensemble row"""
+    out = tmp_path / "rv.json"
+    proc = subprocess.run([sys.executable, "benchmarks/realism_variants.py", "--run-dir", str(guided_run), "--out",
+                           str(out), "--n", "8", "--realism-seeds", "1", "--realism-steps", "2", "--realism-samples", "12",
+                           "--rules", "reconstructions", "kmeans"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert [r["rule"] for r in result["rows"]] == ["realism-reconstructions", "kmeans-12-quotas-random"]
+    assert result["generated_for_realism"] == 12 and result["rules"] == ["reconstructions", "kmeans"]
+    assert list(result["realism_fd_drop_at_0.1"]) == ["realism-reconstructions"]
 
 
 def test_faces128_takes_the_seconds_a_stage_was_stopped_out_of_its_time():
