@@ -15,7 +15,8 @@ against the validation split). Rules:
   consecutive seeds and for --realism-steps steps, one row per seed, then (with two seeds or more)
   realism-<rule>-ensemble, the seeds' classifiers together (their logits averaged); with --grid-dir,
   DIR/realism-<rule>.png shows the 32 candidates the first seed's classifier ranks highest (top four rows) and
-  the 32 it ranks lowest. --realism-samples sets how many samples (and as many real images) they learn from;
+  the 32 it ranks lowest. --realism-samples sets how many samples (and as many real images) they learn from,
+  --realism-crop the centred part of each image they look at (train_classifier.realism_crop);
 - realism-latent-<level>: the same idea on one level's code vectors (the image encoded again by the
   run's VQ-VAE, both for real and generated images), which hides the decoder's texture from it;
 - class-confidence: the run's rejection network, the probability of its predicted class, no quotas (what a
@@ -148,8 +149,12 @@ def main() -> None:
                     help="their training steps (default: the run's train_classifier.steps)")
     ap.add_argument("--realism-samples", type=int, default=0,
                     help="samples (and real images) each learns from (default: the run's train_classifier.realism_samples)")
+    ap.add_argument("--realism-crop", type=float, default=0.0,
+                    help="the centred fraction of each side they look at (default: the run's train_classifier.realism_crop)")
     ap.add_argument("--rules", nargs="+", choices=RULES, default=list(RULES), help="the families of rules to run")
     args = ap.parse_args()
+    if not 0 <= args.realism_crop <= 1:
+        ap.error(f"--realism-crop must be in (0, 1], got {args.realism_crop}")
     if args.realism_seeds < 1 or args.realism_steps < 0 or args.realism_samples < 0:
         ap.error(f"--realism-seeds must be >= 1, --realism-steps and --realism-samples >= 0, got {args.realism_seeds}, "
                  f"{args.realism_steps} and {args.realism_samples}")
@@ -160,9 +165,10 @@ def main() -> None:
         raise SystemExit(f"realism_variants.py: {run.config} does not exist: --run-dir must be a finished run")
     lock = locked(run.root)  # nothing may change the run while it is read
     cfg = load_run_config(run, None, [], write=False)
-    if args.realism_samples:
-        cfg = dataclasses.replace(cfg, train_classifier=dataclasses.replace(cfg.train_classifier,
-                                                                            realism_samples=args.realism_samples))
+    realism_options = {k: v for k, v in (("realism_samples", args.realism_samples),
+                                         ("realism_crop", args.realism_crop)) if v}
+    if realism_options:
+        cfg = dataclasses.replace(cfg, train_classifier=dataclasses.replace(cfg.train_classifier, **realism_options))
     averaged = Pipeline.from_pretrained(run.root, device="cpu")
     pipe = raw_pipeline(run, averaged) or averaged
     scorer = Scorer(cfg, run, pipe)
@@ -249,7 +255,7 @@ def main() -> None:
     result = {"rows": rows, "realism_fd_drop_at_0.1": drops, "rules": args.rules,
               "reconstruction_fd_domain": scorer.reconstruction["fd_domain"], "n": n,
               "candidates": len(candidates.images), "generated_for_realism": n_gen,
-              "realism_steps": steps, "temperature": temperature,
+              "realism_steps": steps, "realism_crop": cfg.train_classifier.realism_crop, "temperature": temperature,
               "predicted_class_mix": class_mix, "run_dir": str(run.root),
               "kmeans_on": f"the {top} level's code vectors of {len(real)} training images",
               "extractor": scorer.spec.name, "total_seconds": time.perf_counter() - t0,

@@ -419,7 +419,8 @@ def make_tables(R: dict[str, Record]) -> dict:
         rows = []
         for r in d.rows:
             rates = r["rates"]
-            rule = f"`{r['rule']}`" + (f" (seed {r['classifier_seed']})" if "classifier_seed" in r else "")
+            rule = f"`{r['rule']}`" + (f" (seed {r['classifier_seed']})" if "classifier_seed" in r else "") + \
+                (f" ({r['classifier_seeds']} seeds' logits averaged)" if "classifier_seeds" in r else "")
             rows.append([rule] + [f"{rates[k]['fd_domain']:.2f}" for k in ("1", "0.5", "0.25", "0.1")] +
                         [f"{rates[k]['precision']:.3f}" for k in ("1", "0.1")] + [f"{round(r['fd_drop_at_0.1'] * 100):d}%"] +
                         [f"{r['validation_accuracy']:.3f}" if "validation_accuracy" in r else ""])

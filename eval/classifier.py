@@ -85,6 +85,10 @@ class Classifier(nn.Module, PretrainedMixin):
         if x.dim() != 4 or x.shape[1] != self.config.in_channels:
             raise ValueError(f"classifier expects images (B, {self.config.in_channels}, H, W) in [-1, 1], "
                              f"got shape {tuple(x.shape)}")
+        if self.config.crop < 1:  # the centred square of cropped_size / image_size of each side
+            side = round(min(x.shape[-2:]) * self.config.cropped_size / self.config.image_size)
+            top, left = (x.shape[-2] - side) // 2, (x.shape[-1] - side) // 2
+            x = x[..., top:top + side, left:left + side]
         h = self.blocks(self.stem(x))  # (B, C, H', W')
         return h.mean(dim=(2, 3))  # (B, C)
 

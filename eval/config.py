@@ -17,6 +17,9 @@ class ClassifierConfig:
     blocks_per_stage: int = 1
     dropout: float = 0.1
     stem_stride: int = 1  # 2 or 4: the stem downsamples large images first (cheaper; 128-px faces use 2)
+    # the centred fraction of each side it looks at (1: the whole image): aligned faces' realism classifier looks
+    # at the face, where samples go wrong, not at the background (train_classifier.realism_crop)
+    crop: float = 1.0
 
     def __post_init__(self) -> None:
         self.channels = [int(c) for c in self.channels]
@@ -32,3 +35,12 @@ class ClassifierConfig:
                f"classifier.image_size {self.image_size} must be a multiple of {downsample} "
                f"(the stem divides it by {self.stem_stride}, then {len(self.channels)} stages halve it "
                f"{len(self.channels) - 1} times)")
+        _check(0.0 < self.crop <= 1.0, f"classifier.crop must be in (0, 1], got {self.crop}")
+        _check(self.cropped_size >= downsample,
+               f"classifier.crop {self.crop} leaves {self.cropped_size} px of {self.image_size}, fewer than the "
+               f"{downsample} the network divides by")
+
+    @property
+    def cropped_size(self) -> int:
+        """The side of the centred square the network sees."""
+        return max(1, round(self.image_size * self.crop))

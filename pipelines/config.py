@@ -90,6 +90,9 @@ class ClassifierTrainConfig(TrainConfig):
     # what stands for "real" there: "reconstructions" (training images through the VQ-VAE, so both sides carry
     # the decoder's texture and only what the priors got wrong tells them apart) or "images" as they are
     realism_real: str = "reconstructions"
+    # the centred fraction of each side the realism classifier looks at (1: the whole image): aligned faces set
+    # less, so that it ranks samples by their faces rather than by their backgrounds
+    realism_crop: float = 1.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -97,6 +100,7 @@ class ClassifierTrainConfig(TrainConfig):
         _check(self.realism_samples >= 2, f"realism_samples must be >= 2, got {self.realism_samples}")
         _check(self.realism_real in REALISM_REAL,
                f"realism_real must be one of {', '.join(map(repr, REALISM_REAL))}, got {self.realism_real!r}")
+        _check(0.0 < self.realism_crop <= 1.0, f"realism_crop must be in (0, 1], got {self.realism_crop}")
 
 
 def check_guidance(value: float | list[float], key: str) -> None:
@@ -307,10 +311,12 @@ def classifier_model_config(settings: dict, in_channels: int, image_size: int, n
     """The classifier's config: `[classifier]` plus what the data fixes."""
     if not isinstance(settings, dict):
         raise ValueError(f"[classifier] must be a table of classifier settings, got {settings!r}")
-    valid = [f.name for f in dataclasses.fields(ClassifierConfig) if f.name not in CLASSIFIER_DERIVED]
+    valid = [f.name for f in dataclasses.fields(ClassifierConfig) if f.name not in (*CLASSIFIER_DERIVED, "crop")]
     for key in settings:
         if key in CLASSIFIER_DERIVED:
             raise ValueError(f"classifier.{key} is set from the data and cannot be configured")
+        if key == "crop":
+            raise ValueError("classifier.crop is the realism classifier's alone: set train_classifier.realism_crop")
         if key not in valid:
             raise unknown_key_error(key, valid, "classifier.")
     return _model_config(ClassifierConfig, {**settings, "in_channels": in_channels, "image_size": image_size,
@@ -330,7 +336,7 @@ def _model_config(cls, data: dict, where: str):
 # section -> {option: default} of options added after the first release (see PipelineConfig.hash_dict)
 ADDED_LATER: dict[str, dict[str, Any]] = {
     **{section: {"channels_last": True} for section in ("train_vqvae", "train_prior")},
-    "train_classifier": {"channels_last": True, "realism_samples": 1000},
+    "train_classifier": {"channels_last": True, "realism_samples": 1000, "realism_crop": 1.0},
     "data": {"cache": True, "cache_dir": "", "workers": 0},
     "vqvae": {"quantizer": "ema", "level_dropout": 0.0},
     "sample": {"format": "npz", "top_p": 0.0, "guidance": 1.0},

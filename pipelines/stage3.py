@@ -41,7 +41,8 @@ def classifier_dirs(cfg: PipelineConfig, run: RunDir) -> dict[str, "object"]:
 
 def classifier_hash(cfg: PipelineConfig) -> str:
     d = cfg.hash_dict("data", "classifier", "train_classifier")
-    d["train_classifier"].pop("realism_real")  # only the realism classifier's: in realism_hash
+    for key in ("realism_real", "realism_crop"):  # only the realism classifier's: in realism_hash
+        d["train_classifier"].pop(key, None)
     return hash_config(d | {"rejection": cfg.eval.rejection_classifier})
 
 
@@ -53,6 +54,8 @@ def realism_hash(cfg: PipelineConfig, run: RunDir) -> str:
     from .stage2 import stage_hash as prior_hash
     # "images" (the first rule) hashes as before it had a name, so runs trained with it stay finished under it
     real = {} if cfg.train_classifier.realism_real == "images" else {"real": cfg.train_classifier.realism_real}
+    crop = cfg.train_classifier.realism_crop
+    real |= {} if crop == 1 else {"crop": crop}
     return hash_config({"classifier": classifier_hash(cfg), "realism": cfg.train_classifier.realism_samples, **real,
                         "priors": [prior_hash(cfg, run, lv) for lv in cfg.vqvae.levels], "seed": cfg.eval.seed,
                         "temperature": cfg.eval.temperature, "top_k": cfg.sample.top_k, "top_p": cfg.sample.top_p})
@@ -117,7 +120,8 @@ def train_realism_classifier(cfg: PipelineConfig, run: RunDir, generated: torch.
     """The realism classifier of data without class labels, in classifier/ (or `out_dir`, for a classifier of
     other `generated` images than the run's own, as benchmarks/generation_quality.py trains)."""
     train_set, val_set = realism_sets(cfg, run, generated)
-    ccfg = classifier_model_config(cfg.classifier, cfg.vqvae.in_channels, cfg.data.size, 2)
+    ccfg = dataclasses.replace(classifier_model_config(cfg.classifier, cfg.vqvae.in_channels, cfg.data.size, 2),
+                               crop=cfg.train_classifier.realism_crop)
     h, out_dir = realism_hash(cfg, run), out_dir or run.classifier
     tcfg, settings = machine_settings(cfg.train_classifier, out_dir, "train_classifier")
     acc = make_accelerator(tcfg, out_dir)

@@ -121,3 +121,34 @@ def test_realism_real_must_name_a_rule():
     with pytest.raises(ValueError, match="train_classifier.realism_real must be one of 'reconstructions', 'images', "
                                          "got 'decoded'"):
         resolve_config("ffhq256", ["train_classifier.realism_real='decoded'"])
+
+
+def test_a_cropping_classifier_sees_the_centre_alone():
+    """crop < 1: the network sees the centred square of that fraction of each side; the border changes nothing"""
+    from eval.classifier import Classifier
+    from eval.config import ClassifierConfig
+    torch.manual_seed(0)
+    full = Classifier(ClassifierConfig(in_channels=3, image_size=16, num_classes=2, channels=[8, 16])).eval()
+    half = Classifier(ClassifierConfig(in_channels=3, image_size=32, num_classes=2, channels=[8, 16], crop=0.5)).eval()
+    half.load_state_dict(full.state_dict())
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(half(x), full(x[..., 8:24, 8:24]), atol=1e-6)
+        y = x.clone()
+        y[..., :8, :] = 5.0  # another border
+        assert torch.equal(half(x), half(y))
+        assert not torch.allclose(full(x[..., :16, :16]), full(x[..., 8:24, 8:24]))
+
+
+def test_crop_is_checked_and_is_the_realism_classifiers_alone():
+    from eval.config import ClassifierConfig
+    from pipelines.config import resolve_config
+    with pytest.raises(ValueError, match=r"classifier.crop must be in \(0, 1\], got 0"):
+        ClassifierConfig(image_size=32, crop=0)
+    with pytest.raises(ValueError, match="classifier.crop 0.1 leaves 3 px of 32, fewer than the 4"):
+        ClassifierConfig(image_size=32, channels=[8, 16, 32], crop=0.1)
+    with pytest.raises(ValueError, match=r"train_classifier.realism_crop must be in \(0, 1\], got 1.5"):
+        resolve_config("ffhq256", ["train_classifier.realism_crop=1.5"])
+    with pytest.raises(ValueError, match="classifier.crop is the realism classifier's alone: set "
+                                         "train_classifier.realism_crop"):
+        resolve_config("demo", ["classifier.crop=0.5"])

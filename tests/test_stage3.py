@@ -112,18 +112,23 @@ def test_realism_classifier_tells_reconstructions_from_samples(evaluated_run, mo
 
 def test_realism_hash_keeps_the_first_rule_and_the_classifier_hash(monkeypatch):
     """realism_real = "images" (what the realism classifier learnt before the option) keeps the realism hash of
-    fef1f4e, so runs finished then are not retrained under it; reconstructions hash differently; the labelled
-    classifiers' hash ignores the option"""
+    fef1f4e, so runs finished then are not retrained under it; reconstructions hash differently, and so does a
+    realism_crop below 1; the labelled classifiers' hash ignores both options"""
     import dataclasses
 
     from pipelines import stage2, stage3
     from pipelines.config import resolve_config
     monkeypatch.setattr(stage2, "stage_hash", lambda cfg, run, level: f"prior-{level}")
     cfg = resolve_config("ffhq256")
-    images = dataclasses.replace(cfg, train_classifier=dataclasses.replace(cfg.train_classifier, realism_real="images"))
+    with_ = lambda **kw: dataclasses.replace(cfg, train_classifier=dataclasses.replace(cfg.train_classifier, **kw))
+    images = with_(realism_real="images", realism_crop=1.0)  # the whole image: as before realism_crop existed
     assert stage3.realism_hash(images, None) == "a496363e82ad0bdc"  # at fef1f4e, with the priors' hashes stubbed
-    assert stage3.realism_hash(cfg, None) != "a496363e82ad0bdc"
+    assert stage3.realism_hash(with_(realism_crop=1.0), None) != "a496363e82ad0bdc"
     assert stage3.classifier_hash(images) == stage3.classifier_hash(cfg)
+    # realism_crop is the realism classifier's alone
+    face = with_(realism_crop=0.5)
+    assert stage3.realism_hash(face, None) != stage3.realism_hash(with_(realism_crop=1.0), None)
+    assert stage3.classifier_hash(face) == stage3.classifier_hash(images)
 
 
 def test_inception_without_weights_is_a_clear_error(evaluated_run, tmp_path, capsys):
