@@ -16,7 +16,9 @@ against the validation split). Rules:
   realism-<rule>-ensemble, the seeds' classifiers together (their logits averaged); with --grid-dir,
   DIR/realism-<rule>.png shows the 32 candidates the first seed's classifier ranks highest (top four rows) and
   the 32 it ranks lowest. --realism-samples sets how many samples (and as many real images) they learn from,
-  --realism-crop the centred part of each image they look at (train_classifier.realism_crop);
+  --realism-crop the centred part of each image they look at (train_classifier.realism_crop), and each
+  --realism-caps quantile a row realism-<rule>-cap-<q> of the first seed's classifier with its density ratio
+  capped there instead of at eval.rejection's 0.95 (1: no cap);
 - realism-latent-<level>: the same idea on one level's code vectors (the image encoded again by the
   run's VQ-VAE, both for real and generated images), which hides the decoder's texture from it;
 - class-confidence: the run's rejection network, the probability of its predicted class, no quotas (what a
@@ -151,8 +153,12 @@ def main() -> None:
                     help="samples (and real images) each learns from (default: the run's train_classifier.realism_samples)")
     ap.add_argument("--realism-crop", type=float, default=0.0,
                     help="the centred fraction of each side they look at (default: the run's train_classifier.realism_crop)")
+    ap.add_argument("--realism-caps", type=float, nargs="*", default=[],
+                    help="other caps of the density ratio (quantiles; 1: none), each a row of the first seed's classifier")
     ap.add_argument("--rules", nargs="+", choices=RULES, default=list(RULES), help="the families of rules to run")
     args = ap.parse_args()
+    if not all(0 < q <= 1 for q in args.realism_caps):
+        ap.error(f"--realism-caps must be quantiles in (0, 1], got {args.realism_caps}")
     if not 0 <= args.realism_crop <= 1:
         ap.error(f"--realism-crop must be in (0, 1], got {args.realism_crop}")
     if args.realism_seeds < 1 or args.realism_steps < 0 or args.realism_samples < 0:
@@ -211,6 +217,9 @@ def main() -> None:
                     steps=steps)
             if s > 0:
                 continue
+            for q in args.realism_caps:  # the same classifier, its density ratio capped elsewhere
+                add(f"realism-{rule}-cap-{q:g}", {r: realism_sample(p_real, n, r, seed=args.seed, cap_quantile=q)
+                                                  for r in RATES}, classifier_seed=tc.seed, cap_quantile=q)
             first_kept[f"realism-{rule} at {min(RATES):g} (seed {tc.seed})"] = chosen[min(RATES)]
             if args.grid_dir is not None:
                 order = p_real.argsort(descending=True)

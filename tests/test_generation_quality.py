@@ -283,15 +283,17 @@ def test_realism_variants_benchmark_rows(guided_run, tmp_path):
 
 def test_realism_variants_runs_the_rules_asked_for(guided_run, tmp_path):
     """--rules runs only those families; --realism-samples sets what the realism classifiers learn from and
-    --realism-crop what they look at; one seed has no ensemble row"""
+    --realism-crop what they look at; --realism-caps adds rows of other caps; one seed has no ensemble row"""
     out = tmp_path / "rv.json"
     proc = subprocess.run([sys.executable, "benchmarks/realism_variants.py", "--run-dir", str(guided_run), "--out",
                            str(out), "--n", "8", "--realism-seeds", "1", "--realism-steps", "2", "--realism-samples", "12",
-                           "--realism-crop", "0.5", "--rules", "reconstructions", "kmeans"],
+                           "--realism-crop", "0.5", "--realism-caps", "1", "--rules", "reconstructions", "kmeans"],
                           cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
-    assert [r["rule"] for r in result["rows"]] == ["realism-reconstructions", "kmeans-12-quotas-random"]
+    assert [r["rule"] for r in result["rows"]] == ["realism-reconstructions", "realism-reconstructions-cap-1",
+                                                   "kmeans-12-quotas-random"]
+    assert result["rows"][1]["cap_quantile"] == 1 and result["rows"][1]["classifier_seed"] == 0
     assert result["generated_for_realism"] == 12 and result["rules"] == ["reconstructions", "kmeans"]
     assert result["realism_crop"] == 0.5  # and the classifier it trained looks at the centre
     saved = json.loads((Path(f"{guided_run}-realism") / "classifier-reconstructions" / "model.json").read_text())
