@@ -27,7 +27,8 @@ row's first 64 images are saved as DIR/<row>.png. Rows:
   class_conditional=false): a real-vs-generated classifier (RUN-unlabelled-realism/classifier) learns that copy's samples,
   and its candidates are that copy's samples (realism-rejection-1 is their baseline). With
   --realism-priors run, the labelled run's priors draw them instead (no training, but not an unlabelled model;
-  the classifier in RUN-realism/classifier).
+  the classifier in RUN-realism/classifier). --realism-crop sets the centred part of each image the realism
+  classifier looks at (train_classifier.realism_crop).
 
 Every row records what its samples cost: `sample_seconds`, the wall time of drawing its candidates (a share of
 the shared candidates for the rejection rows), and `cost`, that time over the baseline's (the same number of
@@ -35,12 +36,13 @@ samples, no guidance, no rejection); run it alone on the machine for these to me
 
 Each row is also appended to DIR/rows.jsonl as it is scored. `--resume` goes on with an interrupted run (the
 realism rows train three priors again, hours on a small CPU): rows recorded there for the same run weights,
-options and machine are reused, not drawn again, and only the rest is measured. Costs stay comparable because a
+options and machine, and with the same settings, are reused, not drawn again, and only the rest is measured. Costs stay comparable because a
 row is reused only on the machine that timed the baseline.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -109,12 +111,22 @@ class Ledger:
         path.parent.mkdir(parents=True, exist_ok=True)
         kept = "".join(json.dumps({**r, "context": context}) + "\n" for r in self.done.values())
         atomic_write(path, lambda tmp: Path(tmp).write_text(kept))
-        self.reused = [name for name in self.done if not name.startswith("_")]
-        self.earlier = sum(r.get("seconds_spent", 0.0) for r in self.done.values())  # what the reused rows took
+        self.kept = [name for name in self.done if not name.startswith("_")]
+        self.reused, self.earlier = [], 0.0  # the rows taken again, and the time they took when measured
         self.since = time.perf_counter()
 
     def get(self, name: str) -> dict | None:
         return self.done.get(name)
+
+    def take(self, name: str, **settings) -> dict | None:
+        """The row `name` recorded with these settings, counted as reused; None when there is none."""
+        r = self.done.get(name)
+        if r is None or any(r.get(k) != v for k, v in settings.items()):
+            return None
+        if not name.startswith("_"):
+            self.reused.append(name)
+        self.earlier += r.get("seconds_spent", 0.0)
+        return r
 
     def record(self, r: dict) -> dict:
         """Append `r` with `seconds_spent`, the wall time since the previous record of this process."""
@@ -281,9 +293,14 @@ def main() -> None:
     ap.add_argument("--no-realism", action="store_true", help="skip the realism rejection rows")
     ap.add_argument("--realism-priors", choices=("unlabelled", "run"), default="unlabelled",
                     help="the priors of the realism rows: a copy trained without labels (RUN-unlabelled), or the run's")
+    ap.add_argument("--realism-crop", type=float, default=0.0,
+                    help="the centred fraction of each side the realism classifier looks at (default: the run's "
+                         "train_classifier.realism_crop)")
     ap.add_argument("--resume", action="store_true",
                     help="reuse the rows an interrupted run recorded in GRID_DIR/rows.jsonl (same run, options, machine)")
     args = ap.parse_args()
+    if not 0 <= args.realism_crop <= 1:
+        ap.error(f"--realism-crop must be in (0, 1], got {args.realism_crop}")
     keep_freed_memory()
     init_processes()
     machine, t0 = describe(), time.perf_counter()
@@ -307,7 +324,7 @@ def main() -> None:
     def add(name: str, draw, seconds=None, **settings) -> None:
         """The row `name`: reused from the ledger, or drawn now (draw() -> images) and scored; `seconds`: the
         time its candidates took, by default that of the clock's last draw."""
-        r = ledger.get(name)
+        r = ledger.take(name, **settings)  # not one recorded with other settings (e.g. another --realism-crop)
         if r is None:
             images = draw()
             r = ledger.record(row(name, scorer, images, grids, clock.last if seconds is None else seconds(),
@@ -393,8 +410,10 @@ def main() -> None:
             source = sibling(run, "unlabelled")
         realism_priors = f"{args.realism_priors} ({source.root})"
         names = [f"realism-rejection-{rate:g}" for rate in realism_rates]
-        if ledger.get("_realism") and all(ledger.get(n) for n in names):
-            realism = ledger.get("_realism")["summary"]
+        crop = args.realism_crop or cfg.train_classifier.realism_crop
+        if all(ledger.get(n) and ledger.get(n).get("realism_crop") == crop for n in names) and \
+                ledger.get("_realism") and ledger.get("_realism").get("realism_crop") == crop:
+            realism = ledger.take("_realism", realism_crop=crop)["summary"]
         else:
             rcfg, rpipe = cfg, plain
             if args.realism_priors == "unlabelled":
@@ -403,18 +422,22 @@ def main() -> None:
                 averaged_u = Pipeline.from_pretrained(source.root, device="cpu")
                 rpipe, key = raw_pipeline(source, averaged_u) or averaged_u, "unlabelled"  # as trained, like the baseline
             candidates, _ = shared(rpipe, key)
+            rcfg = dataclasses.replace(rcfg, train_classifier=dataclasses.replace(rcfg.train_classifier,
+                                                                                  realism_crop=crop))
             p_real, realism = realism_probs(rcfg, source, rpipe, candidates.images, cfg.eval.seed)
-            ledger.record({"name": "_realism", "summary": realism})
+            ledger.record({"name": "_realism", "summary": realism, "realism_crop": crop})
         for rate, name in zip(realism_rates, names):
             add(name, lambda rate=rate: candidates.images[realism_sample(p_real, args.n, rate, seed=args.seed)],
-                seconds=share(rate, key), acceptance_rate=rate, rejection="realism", priors=args.realism_priors)
+                seconds=share(rate, key), acceptance_rate=rate, rejection="realism", priors=args.realism_priors,
+                realism_crop=crop)
     rows = [{k: v for k, v in r.items() if k != "seconds_spent"} for r in rows]
     for r in rows:  # the baseline's sampling time is the unit of cost
         r["cost"] = r["sample_seconds"] / rows[0]["sample_seconds"]
     result = {"rows": rows, "reconstruction_fd_domain": scorer.reconstruction["fd_domain"],
               "reconstruction": scorer.reconstruction, "extractor": scorer.spec.name,
               "extractor_trained_on": f"the {cfg.data.name} training split's class labels ({run.classifier})",
-              "realism": realism, "realism_priors": realism_priors, "weights": "as trained (prior-<level>/raw); ema rows: their average" if raw
+              "realism": realism, "realism_priors": realism_priors,
+              "realism_crop": None if args.no_realism else crop, "weights": "as trained (prior-<level>/raw); ema rows: their average" if raw
               else "the run's priors", "n": args.n, "run_dir": str(run.root), "reused_rows": ledger.reused,
               # this process's time and the time the rows it reused took (time an interruption lost is not in it)
               "total_seconds": time.perf_counter() - t0 + ledger.earlier,

@@ -156,6 +156,18 @@ def test_generation_quality_benchmark_rows(guided_run, tmp_path):
     assert (unlabelled.vqvae / "model.safetensors").read_bytes() == (RunDir(guided_run).vqvae / "model.safetensors").read_bytes()
     for key in ("reconstruction_fd_domain", "extractor", "total_seconds", "machine"):
         assert key in result
+    assert result["realism_crop"] == 1 and all(r["realism_crop"] == 1 for r in result["rows"] if r["rejection"] == "realism")
+    # another --realism-crop, resumed: every other row is reused, the realism rows are measured again with it
+    proc = subprocess.run([sys.executable, "benchmarks/generation_quality.py", "--run-dir", str(guided_run), "--out",
+                           str(out), "--grid-dir", str(grids), "--n", "8", "--guidance", "2", "--top-p", "0.9",
+                           "--ema-guidance", "2", "--level-guidance", "1,3", "--guided-rejection", "2,1", "2,1:0.9",
+                           "--resume", "--realism-crop", "0.5"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    again = json.loads(out.read_text())
+    assert again["reused_rows"] == names[:13] and again["realism_crop"] == 0.5
+    assert [r["realism_crop"] for r in again["rows"][13:]] == [0.5] * 4
+    saved = json.loads((Path(f"{unlabelled.root}-realism") / "classifier" / "model.json").read_text())
+    assert saved["config"]["crop"] == 0.5
 
 
 def test_guidance_settings_claim_an_equal_cost_only_when_every_level_runs_twice():
@@ -179,7 +191,8 @@ def _gq_module():
 
 def test_the_ledger_keeps_only_rows_of_the_same_context(tmp_path):
     """rows.jsonl: with resume, the rows of the same context whose grid exists are kept (a line cut short by an
-    interruption is dropped); another context (e.g. another machine) or no resume starts it empty"""
+    interruption is dropped) and taken again only with the settings they were recorded with; another context
+    (e.g. another machine) or no resume starts it empty"""
     gq = _gq_module()
     path, grid = tmp_path / "rows.jsonl", tmp_path / "a.png"
     grid.write_bytes(b"png")
@@ -190,14 +203,19 @@ def test_the_ledger_keeps_only_rows_of_the_same_context(tmp_path):
     with open(path, "a") as f:
         f.write('{"name": "c", "fd_do')
     again = gq.Ledger(path, {"run": "r1"}, resume=True)
-    assert again.reused == ["a"] and again.get("_realism") == {"name": "_realism", "summary": {"x": 1},
-                                                              "seconds_spent": ledger.get("_realism")["seconds_spent"]}
+    assert again.kept == ["a"] and again.get("_realism") == {"name": "_realism", "summary": {"x": 1},
+                                                            "seconds_spent": ledger.get("_realism")["seconds_spent"]}
     assert again.get("b") is None and again.get("c") is None and again.get("a")["fd_domain"] == 1.0
+    assert again.reused == [] and again.earlier == 0  # nothing taken yet
+    # a row is taken only with the settings it was recorded with; what it took then counts
+    assert again.take("a", fd_domain=2.0) is None and again.take("b") is None and again.reused == []
+    assert again.take("a", fd_domain=1.0)["fd_domain"] == 1.0 and again.take("_realism")["summary"] == {"x": 1}
+    assert again.reused == ["a"]
     assert again.earlier == pytest.approx(ledger.get("a")["seconds_spent"] + ledger.get("_realism")["seconds_spent"])
     assert [json.loads(line)["name"] for line in path.read_text().splitlines()] == ["a", "_realism"]
-    assert gq.Ledger(path, {"run": "r2"}, resume=True).reused == [] and path.read_text() == ""
+    assert gq.Ledger(path, {"run": "r2"}, resume=True).kept == [] and path.read_text() == ""
     gq.Ledger(path, {"run": "r1"}, resume=True).record({"name": "a", "grid": str(grid)})
-    assert gq.Ledger(path, {"run": "r1"}, resume=False).reused == [] and path.read_text() == ""
+    assert gq.Ledger(path, {"run": "r1"}, resume=False).kept == [] and path.read_text() == ""
 
 
 def test_generation_quality_resumes_an_interrupted_run(guided_run, tmp_path):
