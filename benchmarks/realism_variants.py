@@ -247,8 +247,9 @@ def main() -> None:
         add("class-quotas-random", {r: by_quotas(predicted, q, random_score, n, r) for r in RATES})
         add("class-quotas-confidence", {r: by_quotas(predicted, q, confidence, n, r) for r in RATES})
     top = pipe.levels[0]
-    real_top = code_vectors(pipe, real, 0).flatten(1)
-    cand_top = code_vectors(pipe, candidates.images, 0).flatten(1)
+    if "kmeans" in args.rules:  # every candidate encoded again: not done for nothing
+        real_top = code_vectors(pipe, real, 0).flatten(1)
+        cand_top = code_vectors(pipe, candidates.images, 0).flatten(1)
     for k in args.kmeans if "kmeans" in args.rules else []:
         centroids = kmeans(real_top, k, seed=args.seed)
         q, strata = quotas(torch.cdist(real_top, centroids).argmin(1), k, n), torch.cdist(cand_top, centroids).argmin(1)
