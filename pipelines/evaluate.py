@@ -243,8 +243,10 @@ def _rejection_provenance(cfg: PipelineConfig, run: RunDir, reject_net, dirs: di
     if "realism" in dirs:
         real = ("training images reconstructed by the VQ-VAE" if cfg.train_classifier.realism_real == "reconstructions"
                 else "training images")
+        crop = reject_net.config.crop
+        seen = f", on the centred {crop:g} of each side," if crop < 1 else ""
         return dict(rejection=f"realism: the data has no class labels; a classifier of real ({real}) against generated "
-                              f"images (classifier/) gives D, and candidates are kept with probability proportional to "
+                              f"images{seen} (classifier/) gives D, and candidates are kept with probability proportional to "
                               f"D / (1 - D), capped at its {REALISM_CAP_QUANTILE:g} quantile",
                     mean_classifier_prob_of_kept={f"{r:g}": p for r, p in accepted_probs.items()},
                     rejection_classifier="classifier", rejection_classifier_hash=weights_hash(reject_net))

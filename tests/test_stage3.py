@@ -293,3 +293,16 @@ def test_fid_stats_of_an_image_folder(evaluated_run, tmp_path):
                  "--feature-extractor", "domain"]) == 0
     with np.load(out, allow_pickle=False) as z:
         assert int(z["n"]) == 6 and "folder" in str(z["source"])
+
+
+def test_the_report_says_what_the_realism_classifier_looked_at():
+    from eval.classifier import Classifier
+    from eval.config import ClassifierConfig
+    from pipelines.config import resolve_config
+    from pipelines.evaluate import _rejection_provenance
+    cfg = resolve_config("ffhq256")
+    for crop, expected in ((0.5, "against generated images, on the centred 0.5 of each side, (classifier/)"),
+                           (1.0, "against generated images (classifier/)")):
+        net = Classifier(ClassifierConfig(in_channels=3, image_size=32, num_classes=2, channels=[8, 16], crop=crop))
+        out = _rejection_provenance(cfg, None, net, {"realism": None}, {0.5: 0.7})
+        assert expected in out["rejection"] and out["mean_classifier_prob_of_kept"] == {"0.5": 0.7}
