@@ -223,7 +223,7 @@ class PipelineConfig:
         for level in self.vqvae.levels:
             prior_model_config(self.prior.get(level, {}), level, self.vqvae.levels, sizes, self.vqvae.codebook_size,
                                num_classes=2)
-        classifier_model_config(self.classifier, self.vqvae.in_channels, self.data.size, num_classes=2)
+        realism_classifier_config(self)  # the labelled classifiers' config, and the realism crop on top of it
         self._check_guidance()
         for key, t in (("sample.temperature", self.sample.temperature), ("eval.temperature", self.eval.temperature),
                        ("sample.guidance", self.sample.guidance)):
@@ -321,6 +321,15 @@ def classifier_model_config(settings: dict, in_channels: int, image_size: int, n
             raise unknown_key_error(key, valid, "classifier.")
     return _model_config(ClassifierConfig, {**settings, "in_channels": in_channels, "image_size": image_size,
                                             "num_classes": num_classes}, "classifier.")
+
+
+def realism_classifier_config(cfg: "PipelineConfig") -> ClassifierConfig:
+    """The realism classifier's config: `[classifier]` for two classes, looking at train_classifier.realism_crop."""
+    base = classifier_model_config(cfg.classifier, cfg.vqvae.in_channels, cfg.data.size, num_classes=2)
+    try:
+        return dataclasses.replace(base, crop=cfg.train_classifier.realism_crop)
+    except ValueError as e:
+        raise ValueError(str(e).replace("classifier.crop", "train_classifier.realism_crop")) from None
 
 
 def _model_config(cls, data: dict, where: str):

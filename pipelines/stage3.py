@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from eval.classifier import Classifier, evaluate_accuracy, weights_hash
 
 from .artifacts import RunDir, hash_config, write_json
-from .config import PipelineConfig, classifier_model_config
+from .config import PipelineConfig, classifier_model_config, realism_classifier_config
 from .datasets import build_datasets
 from .train import machine_settings, make_accelerator, train
 from .watch import Watcher
@@ -120,8 +120,7 @@ def train_realism_classifier(cfg: PipelineConfig, run: RunDir, generated: torch.
     """The realism classifier of data without class labels, in classifier/ (or `out_dir`, for a classifier of
     other `generated` images than the run's own, as benchmarks/generation_quality.py trains)."""
     train_set, val_set = realism_sets(cfg, run, generated)
-    ccfg = dataclasses.replace(classifier_model_config(cfg.classifier, cfg.vqvae.in_channels, cfg.data.size, 2),
-                               crop=cfg.train_classifier.realism_crop)
+    ccfg = realism_classifier_config(cfg)
     h, out_dir = realism_hash(cfg, run), out_dir or run.classifier
     tcfg, settings = machine_settings(cfg.train_classifier, out_dir, "train_classifier")
     acc = make_accelerator(tcfg, out_dir)

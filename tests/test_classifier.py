@@ -149,6 +149,9 @@ def test_crop_is_checked_and_is_the_realism_classifiers_alone():
         ClassifierConfig(image_size=32, channels=[8, 16, 32], crop=0.1)
     with pytest.raises(ValueError, match=r"train_classifier.realism_crop must be in \(0, 1\], got 1.5"):
         resolve_config("ffhq256", ["train_classifier.realism_crop=1.5"])
+    # a crop too small for the network is refused when the config is resolved, before stage 1 trains
+    with pytest.raises(ValueError, match="train_classifier.realism_crop 0.05 leaves 2 px of 32"):
+        resolve_config("demo", ["train_classifier.realism_crop=0.05"])
     with pytest.raises(ValueError, match="classifier.crop is the realism classifier's alone: set "
                                          "train_classifier.realism_crop"):
         resolve_config("demo", ["classifier.crop=0.5"])
