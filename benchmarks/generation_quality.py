@@ -15,8 +15,9 @@ row's first 64 images are saved as DIR/<row>.png. Rows:
 - baseline, and each --top-p;
 - ema: the averaged weights (or, with --ema D on a run without them, priors trained again with ema_decay=D);
 - label-dropout (only when RUN-guided was trained), each --guidance, each --ema-guidance on the averaged
-  weights, each --level-guidance (one scale per level, top first, e.g. 4,4,6) on the weights the best guided
-  row used, and the best of those guided rows with the best top-p;
+  weights, each --level-guidance (one scale per level, top first, e.g. 4,4,6; 4,4,6:0.95 with top-p 0.95) on
+  the weights the best guided row used, and the best of those guided rows with the best top-p (unless a
+  --level-guidance row is that setting already);
 - guided class rejection: the best guided setting's samples kept by the rejection network at 0.5 (2 guided
   candidates per sample: the cost of acceptance 0.25), and each --guided-rejection setting's (e.g. 4,1,1: only
   the top level guided, whose 8x8 grid costs little beside the levels below; 4,1,1:0.9 with top-p 0.9);
@@ -153,6 +154,26 @@ def parse_levels(spec: str) -> float | list[float]:
     return g if len(g) > 1 else g[0]
 
 
+def parse_setting(spec: str) -> tuple[float | list[float], float]:
+    """A guidance setting with an optional top-p: "4,1,1" -> ([4.0, 1.0, 1.0], 0.0), "4,1,1:0.9" -> (..., 0.9)."""
+    scales, _, p = spec.partition(":")
+    return parse_levels(scales), float(p or 0)
+
+
+def setting_name(g, top_p: float, ema: bool) -> str:
+    """A guided row's name: guidance-4-4-6[-top-p-0.9][-ema]."""
+    return f"guidance-{scale_name(g)}" + (f"-top-p-{top_p:g}" if top_p else "") + ("-ema" if ema else "")
+
+
+def combination(rows: list[dict]) -> tuple | None:
+    """(name, guidance, top_p, ema) of the best guided row's setting with the best top-p of `rows`, or None when
+    a row of that setting is there already (a --level-guidance G,...:P row, say)."""
+    best = min((r for r in rows if r["guidance"] != 1.0), key=lambda r: r["fd_domain"])
+    top_p = min((r for r in rows if r["top_p"]), key=lambda r: r["fd_domain"])["top_p"]
+    name = setting_name(best["guidance"], top_p, bool(best["ema"]))
+    return None if name in [r["name"] for r in rows] else (name, best["guidance"], top_p, bool(best["ema"]))
+
+
 def guided_cost(g, rate: float = 1.0) -> dict:
     """equal_cost_acceptance of guidance `g` kept at `rate`, when every level is guided: a guided sample runs
     its batch twice (label and "no label"), as acceptance 0.5 draws two candidates. A level at 1 runs once,
@@ -286,7 +307,7 @@ def main() -> None:
     ap.add_argument("--ema-guidance", type=float, nargs="*", default=[],
                     help="guidance scales also tried on the averaged weights (a run trained with both)")
     ap.add_argument("--level-guidance", nargs="*", default=[], metavar="G,G,...",
-                    help="per-level guidance scales (top first), each a row: e.g. 4,4,6")
+                    help="per-level guidance scales (top first; :P adds top-p P), each a row: e.g. 4,4,6 or 4,4,6:0.95")
     ap.add_argument("--guided-rejection", nargs="*", default=[], metavar="G[,G,...][:P]",
                     help="guidance settings (one, or one per level; :P adds top-p P) also kept by class rejection at "
                          "0.5, e.g. 4,1,1 or 4,1,1:0.9")
@@ -355,24 +376,21 @@ def main() -> None:
     use_ema = bool(best_guided()["ema"])
     weights = lambda use: averaged if use else guided
     for spec in args.level_guidance:  # one scale per level, on the weights the best guided row used
-        g = parse_levels(spec)
-        add(f"guidance-{scale_name(g)}" + ("-ema" if use_ema else ""), sample(weights(use_ema), args.n, guidance=g),
-            guidance=g, ema=ema if use_ema else False, label_dropout=dropout, **guided_cost(g))
-    best = best_guided()
-    best_g, use_ema = best["guidance"], bool(best["ema"])
-    best_p = min((r for r in rows if r["top_p"]), key=lambda r: r["fd_domain"])["top_p"]
-    add(f"guidance-{scale_name(best_g)}-top-p-{best_p:g}" + ("-ema" if use_ema else ""),
-        sample(weights(use_ema), args.n, guidance=best_g, top_p=best_p), guidance=best_g, top_p=best_p,
-        label_dropout=dropout, ema=ema if use_ema else False, **guided_cost(best_g))
+        g, top_p = parse_setting(spec)
+        add(setting_name(g, top_p, use_ema), sample(weights(use_ema), args.n, guidance=g, **({"top_p": top_p} if top_p else {})),
+            guidance=g, top_p=top_p, ema=ema if use_ema else False, label_dropout=dropout, **guided_cost(g))
+    if combo := combination(rows):
+        name, best_g, best_p, use_ema = combo
+        add(name, sample(weights(use_ema), args.n, guidance=best_g, top_p=best_p), guidance=best_g, top_p=best_p,
+            label_dropout=dropout, ema=ema if use_ema else False, **guided_cost(best_g))
     dirs = [run.classifier / "rejection", run.classifier]
     reject = Classifier.from_pretrained(next(d for d in dirs if (d / "model.safetensors").is_file())).eval()
     # guided settings under class rejection at 0.5: the best one (with or without top-p), and each --guided-rejection
     best = best_guided()
     settings = [(best["name"], best["guidance"], best["top_p"], best["ema"])]
     for spec in args.guided_rejection:  # on the weights the best guided row used
-        scales, _, p = spec.partition(":")
-        g, top_p = parse_levels(scales), float(p or 0)
-        name = f"guidance-{scale_name(g)}" + (f"-top-p-{top_p:g}" if top_p else "") + ("-ema" if best["ema"] else "")
+        g, top_p = parse_setting(spec)
+        name = setting_name(g, top_p, bool(best["ema"]))
         if name not in [n for n, *_ in settings]:  # the best row's own setting is there already
             settings.append((name, g, top_p, best["ema"]))
     for name, g, top_p, averaged_weights in settings:

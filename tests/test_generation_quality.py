@@ -181,6 +181,28 @@ def test_guidance_settings_claim_an_equal_cost_only_when_every_level_runs_twice(
     assert gq.scale_name(gq.parse_levels("4,1,1")) == "4-1-1" and gq.scale_name(2.5) == "2.5"
 
 
+def test_level_guidance_takes_a_top_p_and_the_combination_row_is_not_drawn_twice():
+    """--level-guidance 4,4,6:0.95 is a guided row with top-p; the best guided setting with the best top-p is
+    drawn only when no row has that setting already"""
+    gq = _gq_module()
+    assert gq.parse_setting("4,4,6:0.95") == ([4.0, 4.0, 6.0], 0.95) and gq.parse_setting("3") == (3.0, 0.0)
+    assert gq.setting_name([4.0, 4.0, 6.0], 0.95, True) == "guidance-4-4-6-top-p-0.95-ema"
+    assert gq.setting_name(3.0, 0.0, False) == "guidance-3"
+    row = lambda name, g, p, fd, ema=False: {"name": name, "guidance": g, "top_p": p, "ema": ema, "fd_domain": fd}
+    rows = [row("baseline", 1.0, 0.0, 40), row("top-p-0.9", 1.0, 0.9, 37), row("top-p-0.95", 1.0, 0.95, 38),
+            row("guidance-3", 3.0, 0.0, 33), row("guidance-4-4-6-ema", [4.0, 4.0, 6.0], 0.0, 30, 0.999)]
+    assert gq.combination(rows) == ("guidance-4-4-6-top-p-0.9-ema", [4.0, 4.0, 6.0], 0.9, True)
+    # a --level-guidance row with top-p that scores best: its own setting, nothing to add
+    rows.append(row("guidance-4-4-6-top-p-0.95-ema", [4.0, 4.0, 6.0], 0.95, 29, 0.999))
+    assert gq.combination(rows) is None
+    # the best guided row without top-p, whose best top-p pairing is a row already: none either
+    rows[-1]["fd_domain"] = 31
+    assert gq.combination(rows) is None
+    # a top-p the rows have not paired with the best guided setting yet: that pair
+    rows[1]["fd_domain"], rows[-1]["fd_domain"] = 28, 31
+    assert gq.combination(rows) == ("guidance-4-4-6-top-p-0.9-ema", [4.0, 4.0, 6.0], 0.9, True)
+
+
 def _gq_module():
     import importlib.util
     spec = importlib.util.spec_from_file_location("gq", REPO / "benchmarks" / "generation_quality.py")
