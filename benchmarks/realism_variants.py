@@ -3,8 +3,10 @@ compared on one finished labelled run whose labels give the upper bounds.
 
     python benchmarks/realism_variants.py --run-dir RUN --out F.json [--n 1000] [--grid-dir DIR]
 
-RUN is a finished run of a labelled preset through its classifier stage. Candidates are the run's
-unguided samples (classes spread evenly); each rule keeps --n of the first n / r at r = 0.5, 0.25, 0.1,
+RUN is a finished run of a labelled preset through its classifier stage, or generation_quality.py's copy of
+one whose priors learned without labels (RUN-unlabelled: the run's data, VQ-VAE and classifiers, so the class
+rules below still give their bounds). Candidates are the run's unguided samples (classes spread evenly when
+the priors take labels); each rule keeps --n of the first n / r at r = 0.5, 0.25, 0.1,
 scored as in generation_quality.py (FD-domain, precision and recall by the run's domain classifier
 against the validation split). Rules:
 

@@ -341,6 +341,28 @@ def test_realism_variants_runs_the_rules_asked_for(guided_run, tmp_path):
     assert list(result["realism_fd_drop_at_0.1"]) == ["realism-reconstructions"]
 
 
+def test_realism_variants_runs_on_the_copy_trained_without_labels(guided_run, tmp_path):
+    """RUN-unlabelled (generation_quality.py's copy whose priors learned without labels) keeps the labelled run's
+    classifiers and data: realism_variants ranks its unconditional samples and gives the class rules' bounds"""
+    gq = _gq_module()
+    from pipelines.cli import load_run_config
+    from vqvae2.pixelsnail import PixelSNAIL
+    cfg = load_run_config(RunDir(guided_run), None, [], write=False)
+    unlabelled = gq.retrained(RunDir(guided_run), "unlabelled",
+                              [f"prior.{lv}.class_conditional=false" for lv in cfg.vqvae.levels])
+    assert PixelSNAIL.from_pretrained(unlabelled.prior("top")).config.n_classes == 0
+    out = tmp_path / "rv.json"
+    proc = subprocess.run([sys.executable, "benchmarks/realism_variants.py", "--run-dir", str(unlabelled.root),
+                           "--out", str(out), "--n", "8", "--realism-seeds", "1", "--realism-steps", "2",
+                           "--rules", "reconstructions", "class"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert [r["rule"] for r in result["rows"]] == ["realism-reconstructions", "class-confidence", "class-quotas-random",
+                                                   "class-quotas-confidence"]
+    assert result["run_dir"] == str(unlabelled.root)
+    assert all(sum(shares) == pytest.approx(1) for shares in result["predicted_class_mix"].values())
+
+
 def test_faces128_takes_the_seconds_a_stage_was_stopped_out_of_its_time():
     import importlib.util
     spec = importlib.util.spec_from_file_location("faces128_bench", REPO / "benchmarks" / "faces128.py")
