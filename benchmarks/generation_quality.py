@@ -165,10 +165,15 @@ def setting_name(g, top_p: float, ema: bool) -> str:
     return f"guidance-{scale_name(g)}" + (f"-top-p-{top_p:g}" if top_p else "") + ("-ema" if ema else "")
 
 
+def best_guided(rows: list[dict]) -> dict:
+    """The guided row of `rows` with the lowest FD-domain."""
+    return min((r for r in rows if r["guidance"] != 1.0), key=lambda r: r["fd_domain"])
+
+
 def combination(rows: list[dict]) -> tuple | None:
     """(name, guidance, top_p, ema) of the best guided row's setting with the best top-p of `rows`, or None when
     a row of that setting is there already (a --level-guidance G,...:P row, say)."""
-    best = min((r for r in rows if r["guidance"] != 1.0), key=lambda r: r["fd_domain"])
+    best = best_guided(rows)
     top_p = min((r for r in rows if r["top_p"]), key=lambda r: r["fd_domain"])["top_p"]
     name = setting_name(best["guidance"], top_p, bool(best["ema"]))
     return None if name in [r["name"] for r in rows] else (name, best["guidance"], top_p, bool(best["ema"]))
@@ -372,12 +377,11 @@ def main() -> None:
         for g in args.ema_guidance:
             add(f"guidance-{g:g}-ema", sample(averaged, args.n, guidance=g), guidance=g, ema=ema, label_dropout=dropout,
                 **guided_cost(g))
-    best_guided = lambda: min((r for r in rows if r["guidance"] != 1.0), key=lambda r: r["fd_domain"])
-    use_ema = bool(best_guided()["ema"])
+    use_ema = bool(best_guided(rows)["ema"])
     weights = lambda use: averaged if use else guided
     for spec in args.level_guidance:  # one scale per level, on the weights the best guided row used
         g, top_p = parse_setting(spec)
-        add(setting_name(g, top_p, use_ema), sample(weights(use_ema), args.n, guidance=g, **({"top_p": top_p} if top_p else {})),
+        add(setting_name(g, top_p, use_ema), sample(weights(use_ema), args.n, guidance=g, top_p=top_p),
             guidance=g, top_p=top_p, ema=ema if use_ema else False, label_dropout=dropout, **guided_cost(g))
     if combo := combination(rows):
         name, best_g, best_p, use_ema = combo
@@ -386,7 +390,7 @@ def main() -> None:
     dirs = [run.classifier / "rejection", run.classifier]
     reject = Classifier.from_pretrained(next(d for d in dirs if (d / "model.safetensors").is_file())).eval()
     # guided settings under class rejection at 0.5: the best one (with or without top-p), and each --guided-rejection
-    best = best_guided()
+    best = best_guided(rows)
     settings = [(best["name"], best["guidance"], best["top_p"], best["ema"])]
     for spec in args.guided_rejection:  # on the weights the best guided row used
         g, top_p = parse_setting(spec)
@@ -394,7 +398,7 @@ def main() -> None:
         if name not in [n for n, *_ in settings]:  # the best row's own setting is there already
             settings.append((name, g, top_p, best["ema"]))
     for name, g, top_p, averaged_weights in settings:
-        controls = {"guidance": g, **({"top_p": top_p} if top_p else {})}
+        controls = {"guidance": g, "top_p": top_p}
         draw = lambda e=averaged_weights, c=controls: class_rejected(weights(e), reject, args.n, 0.5, args.seed, clock, **c)
         add(f"{name}-class-rejection-0.5", draw, acceptance_rate=0.5, rejection="class", guidance=g, top_p=top_p,
             ema=averaged_weights, label_dropout=dropout, **guided_cost(g, 0.5))

@@ -103,35 +103,46 @@ def test_generation_quality_benchmark_rows(guided_run, tmp_path):
     best guided row with top-p and under class rejection, class and realism rejection at equal numbers of
     candidates, realism rejection on a copy of the run whose priors are trained without labels"""
     out, grids = tmp_path / "gq.json", tmp_path / "grids"
+    options = ["--n", "8", "--guidance", "2", "--top-p", "0.9", "--ema-guidance", "2", "--level-guidance", "1,3",
+               "1,3:0.9", "--guided-rejection", "2,1", "2,1:0.9"]
     proc = subprocess.run([sys.executable, "benchmarks/generation_quality.py", "--run-dir", str(guided_run), "--out",
-                           str(out), "--grid-dir", str(grids), "--n", "8", "--guidance", "2", "--top-p", "0.9",
-                           "--ema-guidance", "2", "--level-guidance", "1,3", "--guided-rejection", "2,1", "2,1:0.9"],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
+                           str(out), "--grid-dir", str(grids), *options], cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     names = [r["name"] for r in result["rows"]]
     assert names[:5] == ["baseline", "top-p-0.9", "ema", "guidance-2", "guidance-2-ema"]
     by = {r["name"]: r for r in result["rows"]}
     first = min(result["rows"][3:5], key=lambda r: r["fd_domain"])  # per-level guidance builds on it
-    assert names[5] == "guidance-1-3" + ("-ema" if first["ema"] else "") and result["rows"][5]["guidance"] == [1, 3]
-    best = min(result["rows"][3:6], key=lambda r: r["fd_domain"])  # the combination builds on the best
-    assert names[6] == f"guidance-{best['name'].split('-', 1)[1].removesuffix('-ema')}-top-p-0.9" + \
-        ("-ema" if best["ema"] else "")
-    assert result["rows"][6]["ema"] == best["ema"] and result["rows"][6]["guidance"] == best["guidance"]
-    best = min(result["rows"][3:7], key=lambda r: r["fd_domain"])
-    guided_rejection = result["rows"][7]
+    ema = "-ema" if first["ema"] else ""
+    assert names[5:7] == [f"guidance-1-3{ema}", f"guidance-1-3-top-p-0.9{ema}"]
+    assert [(r["guidance"], r["top_p"]) for r in result["rows"][5:7]] == [([1, 3], 0), ([1, 3], 0.9)]
+    # and the top-p reached the sampler: the same seed draws other samples
+    assert Path(result["rows"][5]["grid"]).read_bytes() != Path(result["rows"][6]["grid"]).read_bytes()
+    # the best guided setting with the best top-p, unless a per-level row is that setting already
+    gq = _gq_module()
+    combo = gq.combination(result["rows"][:7])
+    k = 7 if combo is None else 8  # where the guided class rejection rows start
+    if combo is not None:
+        best = gq.best_guided(result["rows"][:7])
+        assert names[7] == combo[0] == f"guidance-{gq.scale_name(best['guidance'])}-top-p-0.9" + \
+            ("-ema" if best["ema"] else "")
+        assert result["rows"][7]["ema"] == best["ema"] and result["rows"][7]["guidance"] == best["guidance"]
+    best = gq.best_guided(result["rows"][:k])
+    guided_rejection = result["rows"][k]
     assert guided_rejection["name"] == best["name"] + "-class-rejection-0.5"
     assert (guided_rejection["rejection"], guided_rejection["acceptance_rate"]) == ("class", 0.5)
-    assert guided_rejection["guidance"] == best["guidance"] and guided_rejection["equal_cost_acceptance"] == 0.25
-    top_only = result["rows"][8]  # guidance on the top level alone under class rejection
+    assert guided_rejection["guidance"] == best["guidance"]  # its cost claimed only when every level is guided:
+    assert guided_rejection.get("equal_cost_acceptance") == gq.guided_cost(best["guidance"], 0.5).get("equal_cost_acceptance")
+    top_only = result["rows"][k + 1]  # guidance on the top level alone under class rejection
     assert top_only["name"] == "guidance-2-1" + ("-ema" if best["ema"] else "") + "-class-rejection-0.5"
     assert (top_only["guidance"], top_only["acceptance_rate"], top_only["ema"]) == ([2, 1], 0.5, best["ema"])
     assert "equal_cost_acceptance" not in top_only  # one level unguided: its cost is measured, not 0.25
-    with_top_p = result["rows"][9]
+    with_top_p = result["rows"][k + 2]
     assert with_top_p["name"] == "guidance-2-1-top-p-0.9" + ("-ema" if best["ema"] else "") + "-class-rejection-0.5"
     assert (with_top_p["guidance"], with_top_p["top_p"]) == ([2, 1], 0.9)
-    assert names[10:] == ["class-rejection-0.5", "class-rejection-0.25", "class-rejection-0.1", "realism-rejection-1",
-                         "realism-rejection-0.5", "realism-rejection-0.25", "realism-rejection-0.1"]
+    assert names[k + 3:] == ["class-rejection-0.5", "class-rejection-0.25", "class-rejection-0.1", "realism-rejection-1",
+                             "realism-rejection-0.5", "realism-rejection-0.25", "realism-rejection-0.1"]
     assert not Path(f"{guided_run}-guided").exists()
     keys = {"name", "acceptance_rate", "rejection", "guidance", "top_p", "ema", "fd_domain", "precision", "recall", "grid",
             "sample_seconds", "cost"}
@@ -159,13 +170,12 @@ def test_generation_quality_benchmark_rows(guided_run, tmp_path):
     assert result["realism_crop"] == 1 and all(r["realism_crop"] == 1 for r in result["rows"] if r["rejection"] == "realism")
     # another --realism-crop, resumed: every other row is reused, the realism rows are measured again with it
     proc = subprocess.run([sys.executable, "benchmarks/generation_quality.py", "--run-dir", str(guided_run), "--out",
-                           str(out), "--grid-dir", str(grids), "--n", "8", "--guidance", "2", "--top-p", "0.9",
-                           "--ema-guidance", "2", "--level-guidance", "1,3", "--guided-rejection", "2,1", "2,1:0.9",
-                           "--resume", "--realism-crop", "0.5"], cwd=REPO, capture_output=True, text=True, timeout=600)
+                           str(out), "--grid-dir", str(grids), *options, "--resume", "--realism-crop", "0.5"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     again = json.loads(out.read_text())
-    assert again["reused_rows"] == names[:13] and again["realism_crop"] == 0.5
-    assert [r["realism_crop"] for r in again["rows"][13:]] == [0.5] * 4
+    assert again["reused_rows"] == names[:-4] and again["realism_crop"] == 0.5
+    assert [r["realism_crop"] for r in again["rows"][-4:]] == [0.5] * 4
     saved = json.loads((Path(f"{unlabelled.root}-realism") / "classifier" / "model.json").read_text())
     assert saved["config"]["crop"] == 0.5
 
