@@ -30,13 +30,22 @@ against the validation split). Rules:
   a stratum (labels needed: an upper bound for unlabelled data);
 - kmeans-<k>-quotas-random, kmeans-<k>-quotas-latent-<level>: strata from k-means on the top level's code
   vectors of real training images (no labels), quotas their frequencies, chosen at random or by the
-  latent realism classifier.
+  latent realism classifier;
+- match-<features>: the candidates an optimal one-to-one matching pairs with n training images (scipy's
+  linear_sum_assignment on Euclidean distances of standardised features): `realism`, the penultimate features of
+  the first realism classifier trained above; `top`, the top level's code vectors. No labels: it keeps the
+  training images' mix as far as the features see it.
 
 --rules picks the families to run (default all): images, reconstructions, latent (realism-latent-<level>),
-class (class-*), kmeans (kmeans-*; its latent rows only with latent).
+class (class-*), kmeans (kmeans-*; its latent rows only with latent), match (match-*; match-realism only with
+images or reconstructions).
+
+The JSON's label_knn_accuracy says how much of the classes each label-free feature space holds: the share of the
+second half of the training images whose 10 nearest neighbours in the first half mostly carry their label (the
+labels used for this diagnostic only), beside `chance`, the largest class's share.
 
 The JSON's predicted_class_mix holds the shares of the rejection network's predicted classes among the training
-images, the first n candidates, and those the first seed of each realism rule keeps at 0.1.
+images, the first n candidates, and those the first seed of each realism rule and each match rule keep at 0.1.
 """
 from __future__ import annotations
 
@@ -49,6 +58,7 @@ import time
 from pathlib import Path
 
 import torch
+from scipy.optimize import linear_sum_assignment
 from torch.utils.data import TensorDataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,7 +67,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from generation_quality import Scorer, locked, raw_pipeline, realism_generated, realism_probs
 from machine import describe
-from eval.classifier import Classifier, ClassifierConfig, predict_proba
+from eval.classifier import Classifier, ClassifierConfig, predict_proba, to_model_input
 from eval.rejection import candidates_needed, realism_sample
 from pipelines.artifacts import RunDir, save_png, write_json
 from pipelines.cli import init_processes, load_run_config
@@ -68,7 +78,7 @@ from pipelines.train import machine_settings, train
 from vqvae2 import Pipeline
 
 RATES = (0.5, 0.25, 0.1)
-RULES = ("images", "reconstructions", "latent", "class", "kmeans")
+RULES = ("images", "reconstructions", "latent", "class", "kmeans", "match")
 
 
 @torch.no_grad()
@@ -100,6 +110,41 @@ def latent_discriminator(cfg, real: torch.Tensor, generated: torch.Tensor, steps
     model = train(net, train_set, tcfg, out_dir, classifier_loss(tcfg.rejection_mixup), {"config_hash": "latent"},
                   desc=f"latent realism {out_dir.name}").model.eval()
     return model, val_accuracy(model, val_set)
+
+
+@torch.no_grad()
+def penultimate(net: Classifier, images: torch.Tensor) -> torch.Tensor:
+    """A classifier's penultimate features (N, D) of uint8 images."""
+    net.eval()
+    return torch.cat([net.features(to_model_input(chunk)) for chunk in images.split(256)])
+
+
+def standardised(reference: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
+    """reference and others scaled by reference's per-feature mean and standard deviation."""
+    mu, sd = reference.mean(0), reference.std(0) + 1e-6
+    return [(x.double() - mu) / sd for x in (reference, *others)]
+
+
+def matched(real: torch.Tensor, candidates: torch.Tensor, n: int, rate: float) -> torch.Tensor:
+    """Indices (ascending) of the n candidates among the first ceil(n / rate) that a minimum-cost one-to-one
+    matching pairs with the first n rows of real (feature rows, Euclidean cost on standardised features)."""
+    m = candidates_needed(n, rate)
+    if len(real) < n or len(candidates) < m:
+        raise ValueError(f"matching {n} samples at rate {rate} needs {n} real rows and {m} candidates, "
+                         f"got {len(real)} and {len(candidates)}")
+    a, b = standardised(real, real[:n], candidates[:m])[1:]
+    _, cols = linear_sum_assignment(torch.cdist(a, b).numpy())
+    return torch.as_tensor(cols).sort().values
+
+
+def knn_label_accuracy(x: torch.Tensor, labels: torch.Tensor, k: int = 10) -> float:
+    """Share of the second half of rows whose k nearest rows of the first half (standardised Euclidean) carry its
+    label most often."""
+    half = len(x) // 2
+    x = standardised(x)[0]
+    near = torch.cdist(x[half:], x[:half]).topk(min(k, half), largest=False).indices
+    votes = torch.nn.functional.one_hot(labels[:half][near], int(labels.max()) + 1).sum(1).argmax(1)
+    return (votes == labels[half:]).double().mean().item()
 
 
 def kmeans(x: torch.Tensor, k: int, iters: int = 50, seed: int = 0) -> torch.Tensor:
@@ -179,15 +224,18 @@ def main() -> None:
         cfg = dataclasses.replace(cfg, train_classifier=dataclasses.replace(cfg.train_classifier, **realism_options))
     averaged = Pipeline.from_pretrained(run.root, device="cpu")
     pipe = raw_pipeline(run, averaged) or averaged
-    scorer = Scorer(cfg, run, pipe)
     n, temperature = args.n, args.temperature or None
-    candidates = pipe(candidates_needed(n, min(RATES)), seed=args.seed, output="uint8", temperature=temperature)
     n_gen = cfg.train_classifier.realism_samples
-    generated = realism_generated(cfg, pipe, cfg.eval.seed, temperature=temperature)  # every realism classifier's
     train_set, _ = build_datasets(cfg.data)
     picks = [round(i * len(train_set) / n_gen) for i in range(min(n_gen, len(train_set)))]
+    if "match" in args.rules and len(picks) < n:
+        raise SystemExit(f"realism_variants.py: the match rules pair --n {n} samples with as many training images, "
+                         f"but train_classifier.realism_samples gives {len(picks)}: raise --realism-samples")
     real = torch.stack([train_set[i][0] for i in picks])
     real_labels = torch.tensor([int(train_set[i][1]) for i in picks])
+    scorer = Scorer(cfg, run, pipe)
+    candidates = pipe(candidates_needed(n, min(RATES)), seed=args.seed, output="uint8", temperature=temperature)
+    generated = realism_generated(cfg, pipe, cfg.eval.seed, temperature=temperature)  # every realism classifier's
     rows = []
 
     unfiltered = scorer.score(scorer.features(candidates.images[:n]))
@@ -203,7 +251,7 @@ def main() -> None:
         rows.append(out)
 
     drs = lambda p: {r: realism_sample(p, n, r, seed=args.seed) for r in RATES}
-    steps, first_kept = args.realism_steps or cfg.train_classifier.steps, {}
+    steps, first_kept, features = args.realism_steps or cfg.train_classifier.steps, {}, {}
     for rule in [r for r in ("images", "reconstructions") if r in args.rules]:
         logits = []
         for s in range(args.realism_seeds):
@@ -223,6 +271,9 @@ def main() -> None:
                 add(f"realism-{rule}-cap-{q:g}", {r: realism_sample(p_real, n, r, seed=args.seed, cap_quantile=q)
                                                   for r in RATES}, classifier_seed=tc.seed, cap_quantile=q)
             first_kept[f"realism-{rule} at {min(RATES):g} (seed {tc.seed})"] = chosen[min(RATES)]
+            if "match" in args.rules and "realism" not in features:
+                net = Classifier.from_pretrained(Path(f"{run.root}-realism") / f"classifier-{rule}")
+                features["realism"] = (penultimate(net, real), penultimate(net, candidates.images))
             if args.grid_dir is not None:
                 order = p_real.argsort(descending=True)
                 save_png(args.grid_dir / f"realism-{rule}.png",
@@ -239,8 +290,6 @@ def main() -> None:
     probs = predict_proba(reject, candidates.images, batch_size=256)
     confidence, predicted = probs.max(1)
     share = lambda classes: (torch.bincount(classes, minlength=probs.shape[1]) / len(classes)).tolist()
-    class_mix = {"training images": share(predict_proba(reject, real, batch_size=256).argmax(1)),
-                 "candidates": share(predicted[:n]), **{k: share(predicted[idx]) for k, idx in first_kept.items()}}
     random_score = torch.rand(len(predicted), generator=torch.Generator().manual_seed(args.seed))
     if "class" in args.rules:
         add("class-confidence", {r: by_quotas(torch.zeros_like(predicted), torch.tensor([n]), confidence, n, r)
@@ -249,15 +298,26 @@ def main() -> None:
         add("class-quotas-random", {r: by_quotas(predicted, q, random_score, n, r) for r in RATES})
         add("class-quotas-confidence", {r: by_quotas(predicted, q, confidence, n, r) for r in RATES})
     top = pipe.levels[0]
-    if "kmeans" in args.rules:  # every candidate encoded again: not done for nothing
+    if "kmeans" in args.rules or "match" in args.rules:  # every candidate encoded again: not done for nothing
         real_top = code_vectors(pipe, real, 0).flatten(1)
         cand_top = code_vectors(pipe, candidates.images, 0).flatten(1)
+        features["top"] = (real_top, cand_top)
     for k in args.kmeans if "kmeans" in args.rules else []:
         centroids = kmeans(real_top, k, seed=args.seed)
         q, strata = quotas(torch.cdist(real_top, centroids).argmin(1), k, n), torch.cdist(cand_top, centroids).argmin(1)
         add(f"kmeans-{k}-quotas-random", {r: by_quotas(strata, q, random_score, n, r) for r in RATES})
         for name in p_latent:
             add(f"kmeans-{k}-quotas-latent-{name}", {r: by_quotas(strata, q, p_latent[name], n, r) for r in RATES})
+    for name, (real_f, cand_f) in features.items() if "match" in args.rules else ():
+        chosen = {r: matched(real_f, cand_f, n, r) for r in RATES}
+        add(f"match-{name}", chosen)
+        first_kept[f"match-{name} at {min(RATES):g}"] = chosen[min(RATES)]
+    class_mix = {"training images": share(predict_proba(reject, real, batch_size=256).argmax(1)),
+                 "candidates": share(predicted[:n]), **{k: share(predicted[idx]) for k, idx in first_kept.items()}}
+    label_knn = {name: knn_label_accuracy(real_f, real_labels) for name, (real_f, _) in features.items()}
+    if label_knn:
+        label_knn["chance"] = torch.bincount(real_labels[len(real_labels) // 2:]).max().item() / (
+            len(real_labels) - len(real_labels) // 2)
     drops = {}
     for rule in ("realism-images", "realism-reconstructions"):
         d = [r["fd_drop_at_0.1"] for r in rows if r["rule"] == rule]
@@ -268,7 +328,7 @@ def main() -> None:
               "reconstruction_fd_domain": scorer.reconstruction["fd_domain"], "n": n,
               "candidates": len(candidates.images), "generated_for_realism": n_gen,
               "realism_steps": steps, "realism_crop": cfg.train_classifier.realism_crop, "temperature": temperature,
-              "predicted_class_mix": class_mix, "run_dir": str(run.root),
+              "predicted_class_mix": class_mix, "label_knn_accuracy": label_knn, "run_dir": str(run.root),
               "kmeans_on": f"the {top} level's code vectors of {len(real)} training images",
               "extractor": scorer.spec.name, "total_seconds": time.perf_counter() - t0,
               "command": "python benchmarks/realism_variants.py " + " ".join(sys.argv[1:]), "machine": machine}

@@ -293,6 +293,22 @@ def test_quotas_split_places_by_frequency_and_fill_from_the_rest():
     assert by_quotas(strata, torch.tensor([2, 0]), score, 2, 0.25).tolist() == [4, 5]
 
 
+def test_matching_keeps_the_candidates_nearest_to_the_real_rows_one_each():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from realism_variants import knn_label_accuracy, matched
+    real = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
+    # 2 kept at rate 0.5 among the first 4: one near each of the first two real rows, never the same one twice
+    candidates = torch.tensor([[0.1, 0.2], [0.3, 0.3], [9.0, 0.5], [5.0, 5.0], [10.0, 0.0]])
+    assert matched(real, candidates, 2, 0.5).tolist() == [0, 2]  # the exact twin of real[1] is the fifth: not among 4
+    assert matched(real, candidates, 2, 0.4).tolist() == [0, 4]
+    with pytest.raises(ValueError, match="needs 2 real rows and 5 candidates"):
+        matched(real[:1], candidates, 2, 0.4)
+    x = torch.tensor([[0.0], [0.1], [5.0], [5.1], [0.05], [5.05]]).repeat(2, 1) + torch.arange(12.0)[:, None] * 1e-3
+    labels = torch.tensor([0, 0, 1, 1, 0, 1] * 2)
+    assert knn_label_accuracy(x, labels, k=1) == 1.0
+    assert knn_label_accuracy(x, torch.cat([labels[:6], 1 - labels[6:]]), k=1) == 0.0  # neighbours disagree
+
+
 def test_realism_variants_benchmark_rows(guided_run, tmp_path):
     """every rule of benchmarks/realism_variants.py scores its kept samples at every rate"""
     out = tmp_path / "rv.json"
@@ -306,7 +322,8 @@ def test_realism_variants_benchmark_rows(guided_run, tmp_path):
         "realism-images", "realism-images", "realism-images-ensemble", "realism-reconstructions",
         "realism-reconstructions", "realism-reconstructions-ensemble", "realism-latent-top", "realism-latent-bottom",
         "class-confidence", "class-quotas-random", "class-quotas-confidence",
-        "kmeans-2-quotas-random", "kmeans-2-quotas-latent-top", "kmeans-2-quotas-latent-bottom"]
+        "kmeans-2-quotas-random", "kmeans-2-quotas-latent-top", "kmeans-2-quotas-latent-bottom",
+        "match-realism", "match-top"]
     for r in result["rows"]:
         assert list(r["rates"]) == ["1", "0.5", "0.25", "0.1"]
         assert all(0 <= m["precision"] <= 1 and m["fd_domain"] >= 0 for m in r["rates"].values())
@@ -323,8 +340,10 @@ def test_realism_variants_benchmark_rows(guided_run, tmp_path):
         assert Image.open(tmp_path / "grids" / f"realism-{rule}.png").size == grid
     mix = result["predicted_class_mix"]
     assert list(mix) == ["training images", "candidates", "realism-images at 0.1 (seed 0)",
-                         "realism-reconstructions at 0.1 (seed 0)"]
+                         "realism-reconstructions at 0.1 (seed 0)", "match-realism at 0.1", "match-top at 0.1"]
     assert all(sum(shares) == pytest.approx(1) for shares in mix.values())
+    assert list(result["label_knn_accuracy"]) == ["realism", "top", "chance"]
+    assert all(0 <= a <= 1 for a in result["label_knn_accuracy"].values())
     drops = result["realism_fd_drop_at_0.1"]["realism-reconstructions"]
     assert drops["per_seed"] == [r["fd_drop_at_0.1"] for r in result["rows"][3:5]]
     assert drops["mean"] == pytest.approx(sum(drops["per_seed"]) / 2)
