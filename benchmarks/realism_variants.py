@@ -67,7 +67,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from generation_quality import Scorer, locked, raw_pipeline, realism_generated, realism_probs
 from machine import describe
-from eval.classifier import Classifier, ClassifierConfig, predict_proba, to_model_input
+from eval.classifier import Classifier, ClassifierConfig, predict_features, predict_proba
 from eval.rejection import candidates_needed, realism_sample
 from pipelines.artifacts import RunDir, save_png, write_json
 from pipelines.cli import init_processes, load_run_config
@@ -110,13 +110,6 @@ def latent_discriminator(cfg, real: torch.Tensor, generated: torch.Tensor, steps
     model = train(net, train_set, tcfg, out_dir, classifier_loss(tcfg.rejection_mixup), {"config_hash": "latent"},
                   desc=f"latent realism {out_dir.name}").model.eval()
     return model, val_accuracy(model, val_set)
-
-
-@torch.no_grad()
-def penultimate(net: Classifier, images: torch.Tensor) -> torch.Tensor:
-    """A classifier's penultimate features (N, D) of uint8 images."""
-    net.eval()
-    return torch.cat([net.features(to_model_input(chunk)) for chunk in images.split(256)])
 
 
 def standardised(reference: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
@@ -273,7 +266,7 @@ def main() -> None:
             first_kept[f"realism-{rule} at {min(RATES):g} (seed {tc.seed})"] = chosen[min(RATES)]
             if "match" in args.rules and "realism" not in features:
                 net = Classifier.from_pretrained(Path(f"{run.root}-realism") / f"classifier-{rule}")
-                features["realism"] = (penultimate(net, real), penultimate(net, candidates.images))
+                features["realism"] = (predict_features(net, real), predict_features(net, candidates.images))
             if args.grid_dir is not None:
                 order = p_real.argsort(descending=True)
                 save_png(args.grid_dir / f"realism-{rule}.png",

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from eval.classifier import Classifier, predict_proba, to_model_input, weights_hash
+from eval.classifier import Classifier, predict_features, predict_proba, weights_hash
 from eval.rejection import rejection_sample
 from pipelines.artifacts import RunDir, write_json
 from pipelines.cli import init_processes, load_run_config
@@ -35,11 +35,6 @@ from vqvae2.pipeline import SampleSettings
 from vqvae2.vqvae import VQVAE2
 
 RATES = (1.0, 0.5, 0.25, 0.1)
-
-
-@torch.no_grad()
-def embed(net: Classifier, images: torch.Tensor) -> torch.Tensor:
-    return torch.cat([net.features(to_model_input(c)) for c in images.split(500)])
 
 
 def inside_real_balls(gen: torch.Tensor, real: torch.Tensor, k: int = 3) -> torch.Tensor:
@@ -78,7 +73,8 @@ def main() -> None:
 
     feature_net = Classifier.from_pretrained(run.classifier).eval()
     _, val_set = build_datasets(cfg.data)
-    inside = inside_real_balls(embed(feature_net, images), embed(feature_net, torch.cat(list(image_batches(val_set))))).float()
+    inside = inside_real_balls(predict_features(feature_net, images),
+                               predict_features(feature_net, torch.cat(list(image_batches(val_set))))).float()
 
     n = args.n_candidates // 10
     result = {"run_dir": str(run.root), "n_candidates": args.n_candidates, "n_kept": n, "acceptance_rates": list(RATES),

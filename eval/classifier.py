@@ -116,8 +116,8 @@ def to_model_input(images: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict_proba(model: Classifier, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Class probabilities (N, num_classes), float32 on CPU, in eval mode; images uint8 or float in [-1, 1]."""
+def _batched(model: Classifier, images: torch.Tensor, batch_size: int, head, width: int) -> torch.Tensor:
+    """head(model, batch) over images in chunks, float32 on CPU, in eval mode (the model's mode restored)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     images = torch.as_tensor(images)
@@ -125,13 +125,20 @@ def predict_proba(model: Classifier, images: torch.Tensor, batch_size: int = 256
     was_training = model.training
     model.eval()
     try:
-        out = [model(to_model_input(chunk).to(device)).float().softmax(dim=1).cpu()
-               for chunk in images.split(batch_size)]
+        out = [head(model, to_model_input(chunk).to(device)).float().cpu() for chunk in images.split(batch_size)]
     finally:
         model.train(was_training)
-    if not out:
-        return torch.empty(0, model.config.num_classes)
-    return torch.cat(out)
+    return torch.cat(out) if out else torch.empty(0, width)
+
+
+def predict_proba(model: Classifier, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Class probabilities (N, num_classes), float32 on CPU, in eval mode; images uint8 or float in [-1, 1]."""
+    return _batched(model, images, batch_size, lambda m, x: m(x).float().softmax(dim=1), model.config.num_classes)
+
+
+def predict_features(model: Classifier, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Penultimate features (N, feature_dim), float32 on CPU, in eval mode; images uint8 or float in [-1, 1]."""
+    return _batched(model, images, batch_size, Classifier.features, model.feature_dim)
 
 
 @torch.no_grad()

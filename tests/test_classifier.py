@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from eval.classifier import Classifier, ClassifierConfig, evaluate_accuracy, predict_proba, weights_hash
+from eval.classifier import (Classifier, ClassifierConfig, evaluate_accuracy, predict_features, predict_proba,
+                             weights_hash)
 
 
 def tiny(**kw):
@@ -77,6 +78,17 @@ def test_predict_proba_and_accuracy():
     labels = probs.argmax(1)
     loader = [(images[:6], labels[:6]), (images[6:], (labels[6:] + 1) % 5)]  # 6 right, 4 wrong
     assert evaluate_accuracy(model, loader) == pytest.approx(0.6)
+
+
+def test_predict_features_are_the_penultimate_layer_in_eval_mode():
+    model = tiny().train()
+    images = torch.randint(0, 256, (10, 1, 16, 16), dtype=torch.uint8)
+    feats = predict_features(model, images, batch_size=3)
+    assert feats.shape == (10, model.feature_dim) and feats.dtype == torch.float32 and model.training
+    with torch.no_grad():
+        expected = model.eval().features(images.float() / 127.5 - 1)  # BatchNorm's running statistics, not the batch's
+    torch.testing.assert_close(feats, expected)
+    assert predict_features(model, images[:0]).shape == (0, model.feature_dim)
 
 
 def _tiny_batch():
