@@ -370,6 +370,17 @@ def test_realism_variants_runs_the_rules_asked_for(guided_run, tmp_path):
     assert list(result["realism_fd_drop_at_0.1"]) == ["realism-reconstructions"]
 
 
+def test_realism_variants_refuses_to_match_more_samples_than_training_images(guided_run, tmp_path):
+    out = tmp_path / "rv.json"
+    proc = subprocess.run([sys.executable, "benchmarks/realism_variants.py", "--run-dir", str(guided_run), "--out",
+                           str(out), "--n", "8", "--realism-samples", "5", "--rules", "match"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0 and not out.exists()
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "realism_variants.py: the match rules pair --n 8 samples with as many training images, but "
+        "train_classifier.realism_samples gives 5: raise --realism-samples")
+
+
 def test_realism_variants_runs_on_the_copy_trained_without_labels(guided_run, tmp_path):
     """RUN-unlabelled (generation_quality.py's copy whose priors learned without labels) keeps the labelled run's
     classifiers and data: realism_variants ranks its unconditional samples and gives the class rules' bounds"""
